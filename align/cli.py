@@ -1,0 +1,62 @@
+"""The `align` command.
+
+    align train RECIPE.yaml [key.sub=value ...]   train; the last line printed is the run directory
+    align build-base [builtin:tiny-arith] [--force]  build (or rebuild) a built-in base model
+    align config-help                              every recipe key with its type, default and doc
+
+Multi-process: `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m align.cli
+train RECIPE.yaml`. Recipe problems are reported before any model loads, as one line naming the
+key and the file, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from align.config import ConfigError, describe, load_recipe
+from align.data.loading import DataError
+
+
+def _train(args: argparse.Namespace) -> str:
+    cfg = load_recipe(args.recipe, args.overrides)
+    if cfg.method == "sft":
+        from align.trainers.sft import train_sft as trainer
+    elif cfg.method == "reward":
+        from align.trainers.reward import train_reward as trainer
+    elif cfg.method == "dpo":
+        from align.trainers.dpo import train_dpo as trainer
+    else:
+        from align.trainers.ppo import train_ppo as trainer
+    return trainer(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="align", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train from a recipe")
+    train.add_argument("recipe")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 lora.rank=4")
+    build = sub.add_parser("build-base", help="build a built-in base model")
+    build.add_argument("name", nargs="?", default="builtin:tiny-arith")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    sub.add_parser("config-help", help="list every recipe key")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "train":
+            print(_train(args), flush=True)
+        elif args.command == "build-base":
+            from align.build_base import build_base
+
+            print(build_base(args.name, force=args.force), flush=True)
+        else:
+            print("\n".join(describe()))
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Typed recipe schema: YAML files mapped onto dataclasses, with dotted overrides and validation.
+
+A recipe is one YAML file; `align train RECIPE.yaml key.sub=value ...` loads it, applies the
+overrides, and validates everything before any model is loaded. Unknown keys, wrong types and
+impossible values raise `ConfigError` naming the key and the file.
+
+Every field has a type, a default and a one-line docstring (the `doc` metadata), which
+`align config-help` prints. Derived values (global batch, effective learning rate) are computed
+in `derived()`, in one place, and logged with the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem, reported before anything is loaded."""
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+@dataclass
+class LoraSettings:
+    rank: int = _f(8, "LoRA rank r (adapters are rank-r updates B @ A).")
+    alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    targets: Literal["all", "attention", "mlp"] = _f("all", "Which linear layers get adapters.")
+    dropout: float = _f(0.0, "Dropout on the LoRA input.")
+
+
+@dataclass
+class DataSettings:
+    task: Optional[str] = _f("arithmetic", "Built-in task name (arithmetic, preference), or null.")
+    train_file: Optional[str] = _f(None, "Local JSON/JSONL/Parquet training file (or a hub id).")
+    eval_file: Optional[str] = _f(None, "Local evaluation file; default: built-in task eval split.")
+    max_length: int = _f(64, "Maximum tokens of prompt + completion.")
+    bad_rows: Literal["error", "skip"] = _f("error", "On a malformed row: stop with an error, or skip and count it.")
+    num_train: int = _f(4000, "Rows drawn from a built-in task's train split.")
+    num_eval: int = _f(128, "Rows / prompts drawn from the eval split.")
+
+
+@dataclass
+class OptimizerSettings:
+    lr: float = _f(1e-4, "Learning rate (the FullFT LR when lr_rule is on).")
+    lr_rule: bool = _f(False, "Apply the LoRA LR rule: LoRA LR = 10 x lr.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    beta1: float = _f(0.9, "AdamW beta1.")
+    beta2: float = _f(0.999, "AdamW beta2.")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "LR schedule after warmup.")
+    warmup_steps: int = _f(0, "Linear warmup steps.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = _f(200, "Optimizer steps.")
+    batch_size: int = _f(16, "Global batch (sequences per optimizer step, all processes).")
+    grad_accum: int = _f(1, "Gradient accumulation steps; batch_size must divide by grad_accum x processes.")
+    log_every: int = _f(10, "Log metrics every N steps.")
+    eval_every: int = _f(0, "Evaluate every N steps (0: only before and after).")
+    save_every: int = _f(0, "Checkpoint every N steps (0: only at the end).")
+    seed: int = _f(0, "Random seed.")
+    threads: int = _f(0, "torch CPU threads (0: leave torch's default).")
+
+
+@dataclass
+class EvalSettings:
+    num_prompts: int = _f(128, "Prompts for task evaluation (greedy and sampled).")
+    max_new_tokens: int = _f(12, "Tokens generated per evaluation response.")
+    enabled: bool = _f(True, "Run task evaluation before and after training.")
+
+
+@dataclass
+class TrackingSettings:
+    wandb: bool = _f(True, "Log to wandb (offline unless logged in or WANDB_MODE is set).")
+    project: str = _f("align", "wandb project.")
+    run_name: Optional[str] = _f(None, "wandb run name (default: the run directory's name).")
+    group: Optional[str] = _f(None, "wandb group.")
+    tags: list[str] = _f([], "wandb tags.")
+
+
+@dataclass
+class SFTSettings:
+    completion_only_loss: bool = _f(True, "Mask prompt tokens out of the loss (False: loss on all tokens, as in pretraining).")
+
+
+@dataclass
+class RewardSettings:
+    margin: bool = _f(False, "Use a per-pair margin column in the Bradley-Terry loss, if present.")
+
+
+@dataclass
+class DPOSettings:
+    loss_type: str = _f("sigmoid", "Preference loss from the registry: sigmoid, ipo, hinge, simpo.")
+    beta: float = _f(0.1, "Strength of the KL constraint to the reference.")
+    label_smoothing: float = _f(0.0, "Conservative DPO label smoothing (sigmoid loss only).")
+    simpo_gamma: float = _f(0.5, "SimPO target margin gamma.")
+    precompute_reference: bool = _f(False, "Compute reference log-probs once before training.")
+    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter (the reference is then that adapter).")
+
+
+@dataclass
+class PPOSettings:
+    reward: str = _f("arithmetic_correctness", "Reward function name, or 'learned' for the reward role.")
+    reward_model: Optional[str] = _f(None, "Run directory (or adapter dir) of a trained reward model, for reward: learned.")
+    gold_reward: Optional[str] = _f(None, "A verifiable reward logged beside a learned one.")
+    rollout_batch_size: int = _f(32, "Prompts sampled per PPO iteration.")
+    minibatch_size: int = _f(8, "Minibatch size inside each PPO epoch.")
+    ppo_epochs: int = _f(2, "Passes over each rollout batch.")
+    max_new_tokens: int = _f(12, "Response length limit.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling p.")
+    no_stop_penalty: float = _f(-1.0, "Score given to responses that never stop (null: no penalty).")
+    kl_coef: float = _f(0.05, "Initial KL penalty coefficient.")
+    kl_estimator: Literal["k1", "k3"] = _f("k1", "Per-token KL estimator.")
+    adaptive_kl: bool = _f(False, "Adapt the KL coefficient towards kl_target.")
+    kl_target: float = _f(6.0, "Target KL for the adaptive controller.")
+    kl_horizon: int = _f(10000, "Horizon of the adaptive KL controller.")
+    whiten_rewards: bool = _f(False, "Whiten scores before GAE.")
+    gamma: float = _f(1.0, "GAE discount.")
+    lam: float = _f(0.95, "GAE lambda.")
+    clip_range: float = _f(0.2, "Policy ratio clip.")
+    clip_range_value: float = _f(0.2, "Value clip.")
+    value_loss_coef: float = _f(0.1, "Value loss weight.")
+    value_lr: Optional[float] = _f(None, "Value LR (default: the policy LR).")
+    value_init_from_reward: bool = _f(False, "Initialise the value adapter and head from the reward model.")
+    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter.")
+
+
+@dataclass
+class RecipeConfig:
+    method: Literal["sft", "reward", "dpo", "ppo"] = _f("sft", "Training method.")
+    mode: Literal["lora", "full"] = _f("lora", "lora: train adapters on a frozen base; full: full fine-tuning.")
+    model: str = _f("builtin:tiny-arith", "Built-in base name, Hugging Face model id, or local path.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weight dtype of the base model (bfloat16 on GPUs that support it).")
+    output_dir: Optional[str] = _f(None, "Run directory (default: a fresh folder under runs/).")
+    resume: bool = _f(False, "Continue from the last checkpoint in output_dir.")
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"doc": "LoRA settings."})
+    data: DataSettings = field(default_factory=DataSettings, metadata={"doc": "Data settings."})
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings, metadata={"doc": "Optimizer settings."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"doc": "Loop settings."})
+    eval: EvalSettings = field(default_factory=EvalSettings, metadata={"doc": "Task evaluation."})
+    tracking: TrackingSettings = field(default_factory=TrackingSettings, metadata={"doc": "Tracking."})
+    sft: SFTSettings = field(default_factory=SFTSettings, metadata={"doc": "SFT settings."})
+    reward: RewardSettings = field(default_factory=RewardSettings, metadata={"doc": "Reward-model settings."})
+    dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"doc": "DPO settings."})
+    ppo: PPOSettings = field(default_factory=PPOSettings, metadata={"doc": "PPO settings."})
+
+    # ---- derived values: computed here, once, and logged -------------------------------------
+    def derived(self, num_processes: int = 1) -> dict[str, Any]:
+        from align.lora import effective_learning_rate
+
+        return {
+            "learning_rate": effective_learning_rate(
+                self.optimizer.lr, self.mode == "lora", self.optimizer.lr_rule
+            ),
+            "per_process_micro_batch": self.train.batch_size // (self.train.grad_accum * num_processes),
+            "num_processes": num_processes,
+            "global_batch": self.train.batch_size,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping of settings, got {value!r}")
+        return _build(tp, value, key + ".", source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (numbers, booleans, null, lists)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides to the raw recipe mapping (before type checking)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: override {dotted}: {part} is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def _validate(cfg: RecipeConfig, source: str) -> None:
+    def bad(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key} {why}")
+
+    if cfg.lora.rank < 1:
+        bad("lora.rank", f"must be at least 1, got {cfg.lora.rank}")
+    if cfg.lora.alpha <= 0:
+        bad("lora.alpha", f"must be positive, got {cfg.lora.alpha}")
+    if not 0 <= cfg.lora.dropout < 1:
+        bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.optimizer.lr < 0:
+        bad("optimizer.lr", f"must not be negative, got {cfg.optimizer.lr}")
+    if cfg.optimizer.weight_decay < 0:
+        bad("optimizer.weight_decay", f"must not be negative, got {cfg.optimizer.weight_decay}")
+    if cfg.optimizer.warmup_steps < 0:
+        bad("optimizer.warmup_steps", "must not be negative")
+    if cfg.optimizer.max_grad_norm < 0:
+        bad("optimizer.max_grad_norm", "must not be negative (0 disables clipping)")
+    for key in ("steps", "batch_size", "grad_accum"):
+        if getattr(cfg.train, key) < 1:
+            bad(f"train.{key}", f"must be at least 1, got {getattr(cfg.train, key)}")
+    for key in ("log_every", "eval_every", "save_every", "threads"):
+        if getattr(cfg.train, key) < 0:
+            bad(f"train.{key}", "must not be negative")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        bad(
+            "train.batch_size",
+            f"({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})",
+        )
+    if cfg.data.max_length < 2:
+        bad("data.max_length", f"must be at least 2, got {cfg.data.max_length}")
+    if cfg.data.task is None and cfg.data.train_file is None:
+        bad("data", "needs either data.task (a built-in task) or data.train_file")
+    if cfg.data.task is not None:
+        from align.tasks import TASK_NAMES
+
+        valid = set(TASK_NAMES) | {"pretrain"}  # pretrain: the built-in base's corpus
+        if cfg.data.task not in valid:
+            bad("data.task", f"must be one of {sorted(valid)}, got {cfg.data.task!r}")
+    for key in ("train_file", "eval_file"):
+        path = getattr(cfg.data, key)
+        if path is not None and _looks_local(path) and not Path(path).exists():
+            bad(f"data.{key}", f"file not found: {path}")
+    if cfg.data.num_train < 1 or cfg.data.num_eval < 1:
+        bad("data.num_train/num_eval", "must be at least 1")
+    if cfg.eval.num_prompts < 1 or cfg.eval.max_new_tokens < 1:
+        bad("eval", "num_prompts and max_new_tokens must be at least 1")
+    if cfg.resume and cfg.output_dir is None:
+        bad("resume", "needs output_dir: the run directory to resume")
+    if cfg.method == "dpo":
+        from align.losses import PREFERENCE_LOSSES
+
+        if cfg.dpo.loss_type not in PREFERENCE_LOSSES or cfg.dpo.loss_type == "bradley_terry":
+            valid = sorted(k for k in PREFERENCE_LOSSES if k != "bradley_terry")
+            bad("dpo.loss_type", f"must be one of {valid}, got {cfg.dpo.loss_type!r}")
+        if cfg.dpo.beta <= 0:
+            bad("dpo.beta", f"must be positive, got {cfg.dpo.beta}")
+        if not 0 <= cfg.dpo.label_smoothing < 0.5:
+            bad("dpo.label_smoothing", "must be in [0, 0.5)")
+    if cfg.method == "ppo":
+        p = cfg.ppo
+        if p.rollout_batch_size < 1 or p.minibatch_size < 1 or p.ppo_epochs < 1:
+            bad("ppo", "rollout_batch_size, minibatch_size and ppo_epochs must be at least 1")
+        if p.rollout_batch_size % p.minibatch_size:
+            bad("ppo.rollout_batch_size", "must be divisible by ppo.minibatch_size")
+        if p.temperature <= 0:
+            bad("ppo.temperature", "must be positive")
+        if not 0 < p.top_p <= 1:
+            bad("ppo.top_p", "must be in (0, 1]")
+        if p.kl_coef < 0:
+            bad("ppo.kl_coef", "must not be negative")
+        if p.reward == "learned" and not p.reward_model:
+            bad("ppo.reward_model", "is required when ppo.reward is 'learned'")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.splitext(path)[1] in {".json", ".jsonl", ".parquet"}
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Load, override and validate a recipe. `path=None` starts from the defaults."""
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"recipe not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: a recipe must be a mapping of settings")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [], source)
+    cfg = _build(RecipeConfig, data, "", source)
+    _validate(cfg, source)
+    return cfg
+
+
+def save_resolved(cfg: RecipeConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe(cls: type = RecipeConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, type, default, doc (used by `align config-help`)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{prefix}{f.name}: {_type_name(tp)} = {default!r}  # {f.metadata.get('doc', '')}")
+    return lines

@@ -1,0 +1,87 @@
+"""LoRA settings that follow "LoRA Without Regret" (Thinking Machines, 2025).
+
+What it does:
+- resolves a target preset (`all`, `attention`, `mlp`) into the explicit module names of the
+  transformer blocks of any architecture (Llama-style `q_proj/.../down_proj`, GPT-2-style
+  `c_attn/c_proj/c_fc` Conv1D layers, and others whose module names say attn/mlp);
+- builds the `peft.LoraConfig` (alpha 32 by default, 1/r scaling, B initialised to zero);
+- applies the optional learning-rate rule: LoRA LR = 10 x the FullFT LR.
+
+What it leaves out: role handling (see `align.shared_base`).
+
+Explicit names instead of peft's `"all-linear"`: that preset also wraps any head attached to the
+model (a reward or value head), which must stay a plain trainable or frozen linear layer.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch.nn as nn
+
+TARGET_PRESETS = ("all", "attention", "mlp")
+
+# Finding 1 of "LoRA Without Regret": LoRA's best LR is ~10x FullFT's with alpha=32, 1/r scaling.
+LORA_LR_MULTIPLIER = 10.0
+
+_ATTENTION_PATTERN = re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)")
+_MLP_PATTERN = re.compile(r"(^|\.)(mlp|feed_forward|ffn|ff)(\.|$)")
+# A module of a transformer block lives under a numbered layer list: model.layers.3..., h.3...
+_BLOCK_PATTERN = re.compile(r"\.\d+\.")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    # GPT-2 style models use transformers' Conv1D (a linear layer with transposed weight).
+    return type(module).__name__ == "Conv1D"
+
+
+def resolve_target_modules(model: nn.Module, targets: str) -> list[str]:
+    """Return the full module names of the linear layers that `targets` selects.
+
+    `all` = every linear layer of attention and MLP inside the transformer blocks; heads,
+    embeddings and layers outside the blocks are never targeted.
+    """
+    if targets not in TARGET_PRESETS:
+        raise ValueError(f"lora.targets must be one of {TARGET_PRESETS}, got {targets!r}")
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not _is_linear(module) or not _BLOCK_PATTERN.search(f".{name}."):
+            continue
+        in_attention = bool(_ATTENTION_PATTERN.search(name))
+        in_mlp = bool(_MLP_PATTERN.search(name))
+        if targets == "all" and (in_attention or in_mlp):
+            names.append(name)
+        elif targets == "attention" and in_attention:
+            names.append(name)
+        elif targets == "mlp" and in_mlp:
+            names.append(name)
+    if not names:
+        raise ValueError(
+            f"lora.targets={targets!r} matched no linear layer in {type(model).__name__}; "
+            "its attention/MLP modules are not named like attn/self_attn/mlp"
+        )
+    return names
+
+
+def peft_lora_config(model: nn.Module, rank: int, alpha: float, targets: str, dropout: float = 0.0):
+    """A `peft.LoraConfig` with explicit targets, alpha/r scaling and B initialised to zero."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=resolve_target_modules(model, targets),
+        init_lora_weights=True,  # A ~ Kaiming-uniform, B = 0: the adapter starts as the identity
+        use_rslora=False,  # 1/r scaling (alpha / r), the setting the LR findings were measured at
+        bias="none",
+    )
+
+
+def effective_learning_rate(base_lr: float, lora_enabled: bool, apply_rule: bool) -> float:
+    """The LR actually used: `base_lr` is the FullFT LR when the rule is on (LoRA gets 10x)."""
+    if lora_enabled and apply_rule:
+        return base_lr * LORA_LR_MULTIPLIER
+    return base_lr

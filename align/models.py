@@ -1,0 +1,69 @@
+"""Model and tokenizer loading: built-in bases, Hugging Face ids and local paths, one code path.
+
+`scratch:<size>` (`tiny-arith` or `test`) is a deterministic random init of that size with the
+built-in tokenizer: what the base is pretrained from, and a fast model for tests.
+`builtin:tiny-arith` names the toolkit's own tiny Llama-style base, built offline on first use
+(or by `align build-base`) and cached under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`).
+Anything else is handed to `transformers.AutoModelForCausalLM.from_pretrained`: a hub id (needs a
+network) or a local folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def align_home() -> Path:
+    return Path(os.environ.get("ALIGN_HOME", Path.home() / ".cache" / "align"))
+
+
+def builtin_base_dir(name: str) -> Path:
+    return align_home() / "bases" / name.split(":", 1)[1]
+
+
+def resolve_model_path(name: str) -> str:
+    """A loadable path for `name`; builds a built-in base first if it is not cached yet."""
+    if name.startswith("builtin:"):
+        from align.tasks import BUILTIN_BASES
+
+        if name not in BUILTIN_BASES:
+            raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BUILTIN_BASES)}")
+        path = builtin_base_dir(name)
+        if not (path / "config.json").exists():
+            from align.build_base import build_base
+
+            build_base(name)
+        return str(path)
+    if name.startswith("scratch:"):
+        # A random init of a built-in size with the built-in tokenizer (base building, tests).
+        from align.build_base import scratch_model_dir
+
+        return scratch_model_dir(name.split(":", 1)[1])
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token_id is None:
+        # Many causal LMs ship without a pad token; padding positions are always masked out.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name: str, dtype: str = "float32"):
+    """Load a causal LM and its tokenizer from a built-in name, hub id or local path."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    tokenizer = load_tokenizer(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,233 @@
+"""Batched sampling of responses (the rollout phase of PPO / critic-free RL, and evaluation).
+
+What it does: `generate(model, tokenizer, prompts, ...)` tokenizes the prompts with LEFT padding,
+samples up to `max_new_tokens` tokens per prompt with a KV cache (temperature, top-p, or greedy),
+stops a row at EOS or at a stop string, and returns a `Rollout`:
+
+    prompt_ids_BP / prompt_mask_BP      left-padded prompt tokens (BOS included when the tokenizer
+                                        adds one) and their attention mask
+    response_ids_BT / response_mask_BT  right-padded response tokens; the mask is 1 on every
+                                        sampled token up to and INCLUDING the EOS token (or the
+                                        token that completed a stop string), 0 on padding after
+    texts                               decoded responses without special tokens, cut before the
+                                        first stop string
+    stopped_B                           True when the row ended by EOS/stop string, False when it
+                                        ran out of `max_new_tokens`
+
+Our own decoding loop rather than `model.generate`: it takes a `torch.Generator` (so a rollout is
+reproducible without touching the global RNG), computes the response mask exactly as the
+policy-gradient losses need it, and passes explicit position ids (cumulative sum of the attention
+mask), the same positions a right- or left-padded training forward pass uses.
+
+Generation runs under `torch.no_grad()` in eval mode and restores every module's previous
+train/eval flag afterwards (works for plain models and `peft.PeftModel`s; pass the unwrapped
+model under DDP/FSDP). What it leaves out: log-probabilities (trainers recompute them with a
+forward pass, see `align.logprobs`), beam search, vLLM.
+
+Run: see `tests/test_rollout.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Rollout:
+    """Sampled responses of a batch of prompts (see the module docstring for the fields)."""
+
+    prompts: list[str]
+    prompt_ids_BP: torch.Tensor
+    prompt_mask_BP: torch.Tensor
+    response_ids_BT: torch.Tensor
+    response_mask_BT: torch.Tensor
+    texts: list[str]
+    stopped_B: torch.Tensor
+
+    @property
+    def response_lengths_B(self) -> torch.Tensor:
+        return self.response_mask_BT.sum(-1)
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(input_ids_BL, attention_mask_BL)`: prompt then response, L = P + T.
+
+        Response token t of a row sits at column P + t; its log-prob is read from logits column
+        P + t - 1.
+        """
+        input_ids_BL = torch.cat([self.prompt_ids_BP, self.response_ids_BT], dim=1)
+        attention_mask_BL = torch.cat([self.prompt_mask_BP, self.response_mask_BT], dim=1)
+        return input_ids_BL, attention_mask_BL
+
+
+class _EvalMode:
+    """Context: eval mode + no_grad; restores each module's own train/eval flag on exit."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(module, module.training) for module in self.model.modules()]
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for module, training in self.flags:
+            module.training = training
+        self.no_grad.__exit__(*exc)
+        return False
+
+
+def _next_tokens(
+    logits_BV: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    do_sample: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if not do_sample or temperature == 0.0:
+        return logits_BV.argmax(dim=-1)
+    logits_BV = logits_BV.float() / temperature
+    if top_p < 1.0:
+        # Nucleus sampling: keep the smallest set of tokens whose probability mass reaches top_p.
+        sorted_logits_BV, sorted_index_BV = logits_BV.sort(dim=-1, descending=True)
+        sorted_probs_BV = sorted_logits_BV.softmax(dim=-1)
+        mass_before_BV = sorted_probs_BV.cumsum(dim=-1) - sorted_probs_BV
+        sorted_logits_BV = sorted_logits_BV.masked_fill(mass_before_BV >= top_p, float("-inf"))
+        logits_BV = torch.full_like(logits_BV, float("-inf")).scatter(-1, sorted_index_BV, sorted_logits_BV)
+    probs_BV = logits_BV.softmax(dim=-1)
+    if generator is not None and generator.device.type != probs_BV.device.type:
+        return torch.multinomial(probs_BV.to(generator.device), 1, generator=generator).squeeze(-1).to(probs_BV.device)
+    return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+
+
+def _first_stop(text: str, stop_strings: Sequence[str]) -> int:
+    """Index of the first stop string in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _generate_batch(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt_ids_BP: torch.Tensor,
+    prompt_mask_BP: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    do_sample: bool,
+    stop_strings: Sequence[str] | None,
+    eos_ids: torch.Tensor,
+    pad_id: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode one left-padded batch; returns (response_ids_BT, response_mask_BT, stopped_B)."""
+    B = prompt_ids_BP.shape[0]
+    device = prompt_ids_BP.device
+    attention_mask_BL = prompt_mask_BP
+    # Positions count real tokens only, so a left-padded prompt starts at position 0.
+    position_ids_BP = (prompt_mask_BP.cumsum(-1) - 1).clamp(min=0)
+    outputs = model(input_ids=prompt_ids_BP, attention_mask=attention_mask_BL,
+                    position_ids=position_ids_BP, use_cache=True)
+    next_position_B = position_ids_BP[:, -1] + 1
+    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, masks = [], []
+    for t in range(max_new_tokens):
+        token_B = _next_tokens(outputs.logits[:, -1, :], temperature, top_p, do_sample, generator)
+        live_B = ~finished_B
+        token_B = torch.where(live_B, token_B, torch.full_like(token_B, pad_id))
+        tokens.append(token_B)
+        masks.append(live_B)
+        ended_B = live_B & torch.isin(token_B, eos_ids)
+        if stop_strings:
+            response_ids_BT = torch.stack(tokens, dim=1)
+            for i in torch.nonzero(live_B & ~ended_B).flatten().tolist():
+                text = tokenizer.decode(response_ids_BT[i], skip_special_tokens=True)
+                if _first_stop(text, stop_strings) >= 0:
+                    ended_B[i] = True
+        finished_B = finished_B | ended_B
+        if bool(finished_B.all()) or t == max_new_tokens - 1:
+            break
+        attention_mask_BL = torch.cat([attention_mask_BL, torch.ones_like(attention_mask_BL[:, :1])], dim=1)
+        outputs = model(input_ids=token_B[:, None], attention_mask=attention_mask_BL,
+                        position_ids=next_position_B[:, None], past_key_values=outputs.past_key_values,
+                        use_cache=True)
+        next_position_B = next_position_B + 1
+    if not tokens:  # max_new_tokens == 0
+        empty_BT = torch.zeros(B, 0, dtype=torch.long, device=device)
+        return empty_BT, empty_BT.clone(), finished_B
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long(), finished_B
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    stop_strings: Sequence[str] | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    add_special_tokens: bool = True,
+    eos_token_ids: Sequence[int] | None = None,
+    progress: bool | None = None,
+) -> Rollout:
+    """Sample a response for every prompt (see the module docstring).
+
+    `do_sample=False` or `temperature=0` is greedy decoding. Sampling is reproducible when a
+    `generator` (or a `seed`, which makes one) is given; otherwise it uses the global RNG.
+    `eos_token_ids` defaults to the tokenizer's EOS. `progress=None` shows a bar only on a terminal.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    if eos_token_ids is None:
+        eos_token_ids = [tokenizer.eos_token_id]
+    eos_ids = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_ids[0])
+    prompts = list(prompts)
+
+    chunks = []
+    with _EvalMode(model):
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="rollout", disable=None if progress is None else not progress,
+                          leave=False):
+            encoded = tokenizer(prompts[start:start + batch_size], padding=True, padding_side="left",
+                                add_special_tokens=add_special_tokens, return_tensors="pt")
+            prompt_ids_BP = encoded["input_ids"].to(device)
+            prompt_mask_BP = encoded["attention_mask"].to(device)
+            response = _generate_batch(model, tokenizer, prompt_ids_BP, prompt_mask_BP, max_new_tokens,
+                                       temperature, top_p, do_sample, stop_strings, eos_ids, pad_id,
+                                       generator)
+            chunks.append((prompt_ids_BP, prompt_mask_BP) + response)
+
+    # ---- stitch the chunks: prompts left-padded to the longest, responses right-padded
+    P = max((c[0].shape[1] for c in chunks), default=0)
+    T = max((c[2].shape[1] for c in chunks), default=0)
+
+    def pad(x_BL: torch.Tensor, length: int, value: int, left: bool) -> torch.Tensor:
+        fill = x_BL.new_full((x_BL.shape[0], length - x_BL.shape[1]), value)
+        return torch.cat([fill, x_BL] if left else [x_BL, fill], dim=1)
+
+    prompt_ids_BP = torch.cat([pad(c[0], P, pad_id, True) for c in chunks]) if chunks else torch.zeros(0, 0, dtype=torch.long)
+    prompt_mask_BP = torch.cat([pad(c[1], P, 0, True) for c in chunks]) if chunks else torch.zeros(0, 0, dtype=torch.long)
+    response_ids_BT = torch.cat([pad(c[2], T, pad_id, False) for c in chunks]) if chunks else torch.zeros(0, 0, dtype=torch.long)
+    response_mask_BT = torch.cat([pad(c[3], T, 0, False) for c in chunks]) if chunks else torch.zeros(0, 0, dtype=torch.long)
+    stopped_B = torch.cat([c[4] for c in chunks]) if chunks else torch.zeros(0, dtype=torch.bool)
+
+    texts = []
+    for ids_T, mask_T in zip(response_ids_BT.tolist(), response_mask_BT.tolist()):
+        text = tokenizer.decode([i for i, m in zip(ids_T, mask_T) if m], skip_special_tokens=True)
+        cut = _first_stop(text, stop_strings) if stop_strings else -1
+        texts.append(text[:cut] if cut >= 0 else text)
+    return Rollout(prompts, prompt_ids_BP, prompt_mask_BP, response_ids_BT, response_mask_BT, texts, stopped_B)

@@ -1,0 +1,186 @@
+"""Helpers every trainer shares: run setup, optimizer and schedule, data, evaluation, summary.
+
+Composition, not inheritance: a trainer calls these and still reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from align.config import RecipeConfig, save_resolved
+from align.tracking import Tracker, new_run_dir
+
+
+@dataclass
+class Run:
+    """What a trainer needs about its process and run directory."""
+
+    cfg: RecipeConfig
+    accelerator: Any
+    run_dir: Path
+    tracker: Tracker
+    derived: dict[str, Any]
+    start_time: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def print(self, *args: Any) -> None:
+        if self.is_main:
+            print(*args, flush=True)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_run(cfg: RecipeConfig) -> Run:
+    """Accelerator, threads, seed, run directory, resolved config and tracker."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    # Roles that skip a forward on some step (e.g. a frozen reward adapter) leave parameters
+    # without gradients; DDP must not wait for them.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    world = accelerator.num_processes
+    if cfg.train.batch_size % (cfg.train.grad_accum * world):
+        raise SystemExit(
+            f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum "
+            f"({cfg.train.grad_accum}) x processes ({world})"
+        )
+    set_seed(cfg.train.seed)
+    if cfg.output_dir:
+        run_dir = Path(cfg.output_dir)
+    else:
+        run_dir = new_run_dir(cfg.method, cfg.mode)
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            # Every process must agree on the folder that the main process names.
+            run_dir = Path(broadcast_object_list([str(run_dir)], from_process=0)[0])
+    if accelerator.is_main_process:
+        if run_dir.exists() and not cfg.resume and (run_dir / "checkpoints").exists():
+            raise SystemExit(f"{run_dir} already holds a run; pass resume=true to continue it, or another output_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    derived = cfg.derived(world)
+    tracker = Tracker(run_dir, {**cfg.to_dict(), "derived": derived}, cfg.tracking, accelerator.is_main_process, cfg.resume)
+    return Run(cfg, accelerator, run_dir, tracker, derived)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: RecipeConfig, lr: float) -> torch.optim.AdamW:
+    o = cfg.optimizer
+    return torch.optim.AdamW(params, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RecipeConfig, total_steps: int):
+    """Linear warmup, then cosine / linear decay to 0, or constant."""
+    warmup, kind = cfg.optimizer.warmup_steps, cfg.optimizer.schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, accelerator) -> float:
+    """Clip (if enabled), step, zero grads; return the pre-clip gradient norm."""
+    if max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float]:
+    """Task evaluation (greedy and sampled accuracy, gold score, length) on the main process."""
+    cfg = run.cfg
+    if not cfg.eval.enabled or cfg.data.task is None:
+        return {}
+    result: dict[str, float] = {}
+    if run.is_main:
+        from align.evaluation import evaluate_task
+        from align.tasks import get_task
+
+        model = run.accelerator.unwrap_model(model)
+        result = evaluate_task(
+            model, tokenizer, get_task(cfg.data.task), n=cfg.eval.num_prompts, split=split,
+            seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens,
+        )
+    run.accelerator.wait_for_everyone()
+    return result
+
+
+def peak_memory_bytes() -> int:
+    from align.memory import peak_bytes
+
+    return int(peak_bytes())
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), each parameter storage counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        key = p.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total: int, extra: dict | None = None) -> dict:
+    cfg = run.cfg
+    return {
+        "method": cfg.method,
+        "mode": cfg.mode,
+        "model": cfg.model,
+        "lora_rank": cfg.lora.rank if cfg.mode == "lora" else None,
+        "lora_targets": cfg.lora.targets if cfg.mode == "lora" else None,
+        "learning_rate": run.derived["learning_rate"],
+        "lr_rule_applied": cfg.mode == "lora" and cfg.optimizer.lr_rule,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "steps": cfg.train.steps,
+        "global_batch": cfg.train.batch_size,
+        "num_processes": run.world,
+        "wall_time_s": round(time.time() - run.start_time, 2),
+        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_process_max_rss",
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        **(extra or {}),
+    }

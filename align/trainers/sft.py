@@ -1,0 +1,169 @@
+"""Supervised fine-tuning (and pretraining) with LoRA or full fine-tuning, on `accelerate`.
+
+Run: `align train recipes/sft_lora.yaml` (or `accelerate launch --config_file
+recipes/accelerate/cpu_2proc.yaml -m align.cli train recipes/sft_lora.yaml`).
+
+The loss is the causal-LM negative log-likelihood of completion tokens (prompt tokens masked;
+`sft.completion_only_loss: false` trains on every token, which is how the built-in base is
+pretrained). It is normalised by the number of target tokens in the whole GLOBAL batch, so that a
+batch of 8 equals 4 x 2 accumulation steps equals 2 processes x 4, exactly (up to float
+rounding), instead of averaging per-micro-batch means.
+
+Left out here: packing of several examples into one sequence; a tiny base does not need it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from align.config import RecipeConfig
+from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
+from align.data.loading import SkipCounter, load_examples
+from align.lora import peft_lora_config
+from align.models import load_model_and_tokenizer
+from align.trainers.common import (
+    clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler, start_run, summary,
+)
+from align.tracking import progress
+
+
+def causal_lm_nll_sum(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of -log p(label_t | tokens_<t) over non-ignored labels, and how many there were."""
+    shifted_logits = logits_BTV[:, :-1].float()
+    shifted_labels = labels_BT[:, 1:]
+    nll = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+    return nll, int((shifted_labels != IGNORE_INDEX).sum())
+
+
+def _target_tokens(examples, completion_only: bool) -> int:
+    # Tokens that carry loss: everything after the first position (or the completion only).
+    if completion_only:
+        return sum(len(e.completion_ids) for e in examples)
+    return sum(len(e.prompt_ids) + len(e.completion_ids) - 1 for e in examples)
+
+
+@torch.no_grad()
+def eval_loss(model, examples, pad_id: int, completion_only: bool, batch_size: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate_sft(examples[i : i + batch_size], pad_id, completion_only)
+        logits = model(input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device)).logits
+        nll, n = causal_lm_nll_sum(logits, batch["labels"].to(model.device))
+        total, count = total + float(nll), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_sft(cfg: RecipeConfig) -> str:
+    # ---- setup ----------------------------------------------------------------------------------
+    run = start_run(cfg)
+    acc = run.accelerator
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    if cfg.mode == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_lora_config(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout))
+    model.to(acc.device)
+    model.train()
+    trainable, total = count_parameters(model)
+
+    skipped = SkipCounter()
+    completion_only = cfg.sft.completion_only_loss
+    train_examples = load_examples(cfg.data, tokenizer, "sft", "train", cfg.train.seed, skipped)
+    eval_examples = load_examples(cfg.data, tokenizer, "sft", "eval", cfg.train.seed, skipped)
+    stream = BatchStream(len(train_examples), cfg.train.batch_size, cfg.train.seed)
+
+    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named_params]
+    optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
+    scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
+    ddp_model = acc.prepare_model(model) if run.world > 1 else model
+
+    start_step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(run.run_dir)
+        if ckpt is None:
+            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
+        start_step = load_checkpoint(ckpt, named_params, {"policy": optimizer}, {"policy": scheduler})["step"]
+        run.tracker.truncate_after(start_step)
+        run.print(f"resumed from {ckpt} at step {start_step}")
+
+    def save(step: int) -> None:
+        if run.is_main:
+            save_checkpoint(
+                run.run_dir, step, named_params, {"policy": optimizer}, {"policy": scheduler},
+                save_adapter=(lambda d: model.save_pretrained(d)) if cfg.mode == "lora" else None,
+            )
+        acc.wait_for_everyone()
+
+    run.print(
+        f"sft {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train rows "
+        f"({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}; run dir {run.run_dir}"
+    )
+    eval_before = evaluate(run, model, tokenizer) if start_step == 0 else {}
+    micro_batches_per_step = cfg.train.grad_accum
+
+    # ---- loop -----------------------------------------------------------------------------------
+    bar = progress(total=cfg.train.steps, desc="sft", initial=start_step)
+    for step in range(start_step, cfg.train.steps):
+        t0 = time.time()
+        global_rows = stream.batch(step)
+        global_tokens = _target_tokens([train_examples[i] for i in global_rows], completion_only)
+        my_rows = shard(global_rows, run.rank, run.world)
+        nll_total = torch.zeros((), device=acc.device)
+        for k, micro_rows in enumerate(chunks(my_rows, micro_batches_per_step)):
+            batch = collate_sft([train_examples[i] for i in micro_rows], tokenizer.pad_token_id, completion_only)
+            batch = {key: v.to(acc.device) for key, v in batch.items()}
+            sync = k == micro_batches_per_step - 1
+            with (acc.no_sync(ddp_model) if (run.world > 1 and not sync) else nullcontext()):
+                logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll, _ = causal_lm_nll_sum(logits, batch["labels"])
+                # DDP averages gradients over processes, so scale by world size to get the
+                # gradient of (sum of token NLL over the global batch) / (global target tokens).
+                acc.backward(nll * run.world / global_tokens)
+            nll_total += nll.detach()
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
+        loss = float(acc.reduce(nll_total, reduction="sum")) / global_tokens
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+        done = step + 1
+        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
+            run.tracker.log(
+                {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                 "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()},
+                step=done,
+            )
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
+            metrics = {"eval/loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
+            metrics.update({f"eval/{k}": v for k, v in evaluate(run, model, tokenizer).items()})
+            run.tracker.log(metrics, step=done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
+            save(done)
+    bar.close()
+
+    # ---- save -----------------------------------------------------------------------------------
+    save(cfg.train.steps)
+    if run.is_main:
+        if cfg.mode == "lora":
+            model.save_pretrained(run.run_dir / "adapter")
+        else:
+            model.save_pretrained(run.run_dir / "model")
+        tokenizer.save_pretrained(run.run_dir / ("adapter" if cfg.mode == "lora" else "model"))
+    final = {"eval/loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
+    eval_after = {**final, **evaluate(run, model, tokenizer)}
+    run.tracker.log({f"eval/{k.removeprefix('eval/')}": v for k, v in eval_after.items()}, step=cfg.train.steps)
+    run.tracker.finish(summary(run, eval_before, eval_after, trainable, total, {"skipped_rows": skipped.total}))
+    acc.wait_for_everyone()
+    acc.end_training()
+    return str(run.run_dir)

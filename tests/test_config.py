@@ -1,0 +1,91 @@
+"""Recipe loading: types, unknown keys, impossible values, dotted overrides, shipped recipes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from align.build_base import BASE_RECIPES
+from align.config import ConfigError, describe, load_recipe
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"lora": {"rnak": 4}}, "unknown key lora.rnak"),
+        ({"optimiser": {"lr": 1}}, "unknown key optimiser"),
+        ({"lora": {"rank": 0}}, "lora.rank must be at least 1"),
+        ({"lora": {"rank": "eight"}}, "lora.rank must be an integer"),
+        ({"optimizer": {"lr": -0.1}}, "optimizer.lr must not be negative"),
+        ({"train": {"batch_size": 10, "grad_accum": 3}}, "train.batch_size (10) must be divisible by train.grad_accum (3)"),
+        ({"data": {"train_file": "missing/file.jsonl"}}, "data.train_file file not found: missing/file.jsonl"),
+        ({"mode": "half"}, "mode must be one of ['lora', 'full']"),
+        ({"lora": {"targets": "everything"}}, "lora.targets must be one of"),
+        ({"train": {"steps": True}}, "train.steps must be an integer"),
+        ({"data": {"task": "chess"}}, "data.task must be one of"),
+        ({"resume": True}, "resume needs output_dir"),
+        ({"method": "ppo", "ppo": {"reward": "learned"}}, "ppo.reward_model is required"),
+        ({"method": "dpo", "dpo": {"loss_type": "kto"}}, "dpo.loss_type must be one of"),
+    ],
+)
+def test_bad_recipes_name_key_and_file(tmp_path, data, message):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert message in str(err.value)
+    assert path in str(err.value)
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_dotted_overrides_apply_with_yaml_types(tmp_path):
+    path = write(tmp_path, {"lora": {"rank": 8}})
+    cfg = load_recipe(path, ["lora.rank=4", "optimizer.lr=3e-4", "tracking.wandb=false", "tracking.tags=[a, b]", "mode=full"])
+    assert cfg.lora.rank == 4
+    assert cfg.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.tracking.wandb is False and cfg.tracking.tags == ["a", "b"]
+    assert cfg.mode == "full"
+    with pytest.raises(ConfigError, match="unknown key lora.rnak"):
+        load_recipe(path, ["lora.rnak=2"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_recipe(path, ["lora.rank"])
+
+
+def test_ints_accepted_for_floats_and_lr_rule_is_derived_once():
+    cfg = load_recipe(None, ["optimizer.lr=1", "optimizer.lr_rule=true"])
+    assert isinstance(cfg.optimizer.lr, float)
+    assert cfg.derived()["learning_rate"] == pytest.approx(10.0)
+    full = load_recipe(None, ["optimizer.lr=1", "optimizer.lr_rule=true", "mode=full"])
+    assert full.derived()["learning_rate"] == pytest.approx(1.0)
+
+
+def test_every_shipped_recipe_validates(repo):
+    recipes = sorted((repo / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        load_recipe(path)
+
+
+def test_base_recipe_file_matches_build_settings(repo):
+    from_file = load_recipe(repo / "recipes" / "base_tiny_arith.yaml").to_dict()
+    from_code = load_recipe(None, BASE_RECIPES["builtin:tiny-arith"]).to_dict()
+    assert from_file == from_code
+
+
+def test_every_field_documented():
+    lines = describe()
+    assert any(line.startswith("lora.rank: int = 8") for line in lines)
+    assert all("#" in line and not line.endswith("# ") for line in lines)

@@ -1,0 +1,138 @@
+"""Data rows: formats, the promised errors on bad rows, counted skips, collation and batch order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_pairs, collate_sft, shard
+from align.data.loading import DataError, SkipCounter, pair_examples, read_rows, sft_examples
+from align.tasks.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def jsonl(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_prompt_completion_and_messages_give_the_same_tokens(tmp_path, tok):
+    path = jsonl(tmp_path, [
+        {"prompt": "Q: 1+2=? A:", "completion": " 3"},
+        {"messages": [{"role": "user", "content": "1+2=?"}, {"role": "assistant", "content": "3"}]},
+    ])
+    a, b = sft_examples(read_rows(path), tok, 64, "error", SkipCounter())
+    assert a.prompt_ids == b.prompt_ids
+    assert a.completion_ids == b.completion_ids
+    assert a.completion_ids[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "Q: 1+2=? A:"}, "row 1: field 'completion' is missing"),
+        ({"prompt": "Q: 1+2=? A:", "completion": 3}, "row 1: field 'completion' must be a string, got int"),
+        ({"prompt": "Q: 1+2=? A:", "completion": "   "}, "row 1: field 'completion' is empty"),
+        ({"prompt": "Q: 1+2=? A:", "completion": " 3" * 40}, "row 1: field 'completion' is 93 tokens with the prompt, over data.max_length=64"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "row 1: field 'messages' must end with an assistant message"),
+    ],
+)
+def test_bad_sft_rows_name_file_row_and_field(tmp_path, tok, row, message):
+    path = jsonl(tmp_path, [{"prompt": "Q: 1+1=? A:", "completion": " 2"}, row])
+    with pytest.raises(DataError) as err:
+        sft_examples(read_rows(path), tok, 64, "error", SkipCounter())
+    assert str(err.value) == f"{path}: {message}" or str(err.value).startswith(f"{path}: {message}")
+
+
+def test_skip_mode_counts_bad_rows(tmp_path, tok):
+    path = jsonl(tmp_path, [
+        {"prompt": "Q: 1+1=? A:", "completion": " 2"},
+        {"prompt": "Q: 1+2=? A:", "completion": ""},
+        {"prompt": "Q: 1+2=? A:", "completion": " 3" * 40},
+    ])
+    skipped = SkipCounter()
+    examples = sft_examples(read_rows(path), tok, 64, "skip", skipped)
+    assert len(examples) == 1
+    assert skipped.as_dict() == {"skipped/empty": 1, "skipped/too_long": 1}
+
+
+def test_preference_formats_explicit_implicit_conversational(tmp_path, tok):
+    path = jsonl(tmp_path, [
+        {"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 4"},
+        {"chosen": "Q: 1+2=? A: 3", "rejected": "Q: 1+2=? A: 4"},
+        {"chosen": [{"role": "user", "content": "1+2=?"}, {"role": "assistant", "content": "3"}],
+         "rejected": [{"role": "user", "content": "1+2=?"}, {"role": "assistant", "content": "4"}]},
+    ])
+    explicit, implicit, chat = pair_examples(read_rows(path), tok, 64, "error", SkipCounter())
+    for e in (implicit, chat):
+        assert e.prompt_ids == explicit.prompt_ids
+        assert e.chosen_ids == explicit.chosen_ids and e.rejected_ids == explicit.rejected_ids
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 3"}, "field 'rejected' is identical to 'chosen'"),
+        ({"prompt": "Q: 1+2=? A:", "chosen": " 3"}, "field 'rejected' is missing"),
+        ({"prompt": "Q: 1+2=? A:", "chosen": "", "rejected": " 4"}, "field 'chosen' is empty"),
+        ({"chosen": "abc", "rejected": "xyz"}, "field 'chosen' and 'rejected' share no common prompt prefix"),
+    ],
+)
+def test_bad_preference_rows(tmp_path, tok, row, message):
+    path = jsonl(tmp_path, [row])
+    with pytest.raises(DataError, match=f"{path}: row 0: {message}"):
+        pair_examples(read_rows(path), tok, 64, "error", SkipCounter())
+    skipped = SkipCounter()
+    assert pair_examples(read_rows(path), tok, 64, "skip", skipped) == [] and skipped.total == 1
+
+
+def test_parquet_and_unreadable_files(tmp_path, tok):
+    import datasets
+
+    pq = tmp_path / "d.parquet"
+    datasets.Dataset.from_list([{"prompt": "Q: 1+1=? A:", "completion": " 2"}]).to_parquet(str(pq))
+    assert len(sft_examples(read_rows(str(pq)), tok, 64, "error", SkipCounter())) == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(DataError, match="could not be read"):
+        read_rows(str(broken))
+
+
+def test_collate_masks_prompt_and_padding(tok):
+    examples = sft_examples(
+        [__import__("align.data.loading", fromlist=["Row"]).Row({"prompt": "Q: 1+2=? A:", "completion": " 3"}, "x", 0),
+         __import__("align.data.loading", fromlist=["Row"]).Row({"prompt": "Q: 10+20=? A:", "completion": " 30"}, "x", 1)],
+        tok, 64, "error", SkipCounter(),
+    )
+    batch = collate_sft(examples, tok.pad_token_id)
+    first = examples[0]
+    n_prompt, n_comp = len(first.prompt_ids), len(first.completion_ids)
+    labels = batch["labels"][0].tolist()
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert labels[n_prompt : n_prompt + n_comp] == first.completion_ids
+    assert all(l == IGNORE_INDEX for l in labels[n_prompt + n_comp :])
+    assert batch["attention_mask"][0].sum() == n_prompt + n_comp
+    unmasked = collate_sft(examples, tok.pad_token_id, completion_only=False)["labels"][0].tolist()
+    assert unmasked[:n_prompt] == first.prompt_ids
+    pairs = collate_pairs(
+        [__import__("align.data.loading", fromlist=["PairExample"]).PairExample([1, 5], [6, 2], [7, 8, 2])], 0
+    )
+    assert pairs["input_ids"].tolist() == [[1, 5, 6, 2, 0], [1, 5, 7, 8, 2]]
+    assert pairs["completion_mask"].tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+
+
+def test_batch_stream_is_a_pure_function_of_seed_and_step():
+    a, b = BatchStream(10, 4, seed=3), BatchStream(10, 4, seed=3)
+    seen = [i for step in range(5) for i in a.batch(step)]
+    assert sorted(seen[:10]) == list(range(10))  # the first epoch covers every row once
+    assert b.batch(4) == a.batch(4) and b.batch(0) == a.batch(0)
+    assert BatchStream(10, 4, seed=4).batch(0) != a.batch(0)
+    rows = a.batch(1)
+    assert shard(rows, 0, 2) + shard(rows, 1, 2) == rows
+    assert chunks(rows, 2) == [rows[:2], rows[2:]]
