@@ -88,7 +88,7 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     print(f"building {name} (once; cached in {final}) ...", flush=True)
     t0 = time.time()
     cfg = load_recipe(None, BASE_RECIPES[name] + [f"output_dir={work / 'run'}"])
-    run_dir = Path(train_sft(cfg))
+    run_dir = Path(train_sft(cfg).run_dir)
     shutil.copytree(run_dir / "model", work / "model")
     (work / "model" / "BUILD_INFO.txt").write_text(
         f"built by align build-base in {time.time() - t0:.0f}s with:\n" + "\n".join(BASE_RECIPES[name]) + "\n"

@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> str:
         from align.trainers.dpo import train_dpo as trainer
     else:
         from align.trainers.ppo import train_ppo as trainer
-    return trainer(cfg)
+    return trainer(cfg).run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

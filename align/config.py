@@ -307,13 +307,14 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
     if cfg.method == "dpo":
         from align.losses import PREFERENCE_LOSSES
 
-        if cfg.dpo.loss_type not in PREFERENCE_LOSSES or cfg.dpo.loss_type == "bradley_terry":
-            valid = sorted(k for k in PREFERENCE_LOSSES if k != "bradley_terry")
-            bad("dpo.loss_type", f"must be one of {valid}, got {cfg.dpo.loss_type!r}")
+        if cfg.dpo.loss_type not in PREFERENCE_LOSSES:
+            bad("dpo.loss_type", f"must be one of {sorted(PREFERENCE_LOSSES)}, got {cfg.dpo.loss_type!r}")
         if cfg.dpo.beta <= 0:
             bad("dpo.beta", f"must be positive, got {cfg.dpo.beta}")
         if not 0 <= cfg.dpo.label_smoothing < 0.5:
             bad("dpo.label_smoothing", "must be in [0, 0.5)")
+        if cfg.dpo.label_smoothing and cfg.dpo.loss_type not in ("sigmoid", "simpo"):
+            bad("dpo.label_smoothing", f"applies to the sigmoid loss only, not {cfg.dpo.loss_type!r}")
     if cfg.method == "ppo":
         p = cfg.ppo
         if p.rollout_batch_size < 1 or p.minibatch_size < 1 or p.ppo_epochs < 1:

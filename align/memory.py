@@ -76,7 +76,7 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     (tied embeddings) counts once."""
     seen: set[tuple[str, int, int, tuple[int, ...]]] = set()
     trainable = total = 0
-    for param in module.parameters(remove_duplicate=False):
+    for _, param in module.named_parameters(remove_duplicate=False):
         key = (str(param.device), param.untyped_storage().data_ptr(), param.storage_offset(), tuple(param.shape))
         if key in seen:
             continue

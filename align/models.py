@@ -47,6 +47,18 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _quiet_transformers() -> None:
+    # Loading bars and deprecation chatter from transformers/peft would drown our own output.
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -61,6 +73,7 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32"):
     """Load a causal LM and its tokenizer from a built-in name, hub id or local path."""
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     path = resolve_model_path(name)
     tokenizer = load_tokenizer(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])

@@ -32,6 +32,10 @@ and `training` of every module and restores them, then sets the new adapter's fl
 So a policy forward, a reward forward and a value forward can run in any order before ONE
 `backward()` and every trainable role gets its gradients (tests/test_shared_base.py proves it).
 
+Activation checkpointing re-runs layers during `backward()`, when another role may be active;
+`enable_activation_checkpointing()` hands torch's checkpoint a `context_fn` that replays the
+forward-time adapter switches during the recompute (use it instead of the model's own method).
+
 Outside any role context the adapters are disabled: calling `base.model` directly runs the
 plain base. Frozen roles (reference, a loaded reward) run in eval mode inside their context
 (dropout off; the modes are restored on exit) and the explicit methods run them under
@@ -57,6 +61,7 @@ import math
 import os
 import shutil
 import tempfile
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +166,42 @@ def _load_full_weights(model: nn.Module, path: Path) -> None:
         raise ValueError(f"{path}: missing weights {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
+class _ReplayAdapterState:
+    """Re-applies the per-layer adapter switches recorded at construction (forward time) while a
+    checkpointed layer is recomputed during backward, then puts back what was there."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self._recorded = [(layer, layer._active_adapter, layer._disable_adapters) for layer in layers]
+        self._saved: list[tuple[nn.Module, Any, bool]] = []
+
+    def __enter__(self) -> None:
+        self._saved = [(layer, layer._active_adapter, layer._disable_adapters) for layer, _, _ in self._recorded]
+        for layer, active, disabled in self._recorded:
+            layer._active_adapter = active
+            layer._disable_adapters = disabled
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer, active, disabled in self._saved:
+            layer._active_adapter = active
+            layer._disable_adapters = disabled
+
+
+class _CheckpointContextFn:
+    """The `context_fn` of torch.utils.checkpoint: (forward context, recompute context). Holds the
+    SharedBase weakly and survives `copy.deepcopy` of the model as itself (a bound method would
+    drag the whole SharedBase into the copy)."""
+
+    def __init__(self, shared_base: "SharedBase") -> None:
+        self._base = weakref.ref(shared_base)
+
+    def __call__(self):
+        base = self._base()
+        return nullcontext(), _ReplayAdapterState(base._tuner_layers if base is not None else [])
+
+    def __deepcopy__(self, memo: dict) -> "_CheckpointContextFn":
+        return self
+
+
 class SharedBase:
     """One frozen base model and its roles. See the module docstring."""
 
@@ -188,7 +229,8 @@ class SharedBase:
                 targets=str(self.lora["targets"]),
                 dropout=float(self.lora["dropout"]),
             )
-            if any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in set(self._lora_config.target_modules)):
+            targets = set(self._lora_config.target_modules)
+            if any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in targets):
                 self._lora_config.fan_in_fan_out = True  # GPT-2 Conv1D stores weights transposed
 
     @classmethod
@@ -296,7 +338,7 @@ class SharedBase:
             self._add_adapter(role, copy.deepcopy(self._lora_config), trainable)
             entry = _Role(role, trainable, adapter=role)
         else:
-            entry = _Role(role, trainable, model=self._full_copy(self.model, trainable))
+            entry = _Role(role, trainable, model=self._full_copy(self.model, trainable, with_head))
         if with_head:
             entry.head = self._new_head(trainable)
         self._roles[role] = entry
@@ -318,7 +360,7 @@ class SharedBase:
             self._load_adapter_weights(role, path)
             entry = _Role(role, trainable, adapter=role, source=str(path))
         else:
-            model = self._full_copy(self.model, trainable)
+            model = self._full_copy(self.model, trainable, with_head=role in ("reward", "value"))
             _load_full_weights(model, path)
             entry = _Role(role, trainable, model=model, source=str(path))
         if has_head and role in ("reward", "value"):
@@ -340,17 +382,26 @@ class SharedBase:
                 set_peft_model_state_dict(self.peft_model, state, adapter_name=target)
             entry = _Role(target, trainable, adapter=target)
         else:
-            entry = _Role(target, trainable, model=self._full_copy(src.model, trainable))
+            entry = _Role(target, trainable, model=self._full_copy(src.model, trainable, src.head is not None))
         if src.head is not None:
             entry.head = self._new_head(trainable)
             entry.head.load_state_dict(src.head.state_dict())
         self._roles[target] = entry
 
-    def _full_copy(self, source: nn.Module, trainable: bool) -> nn.Module:
+    def _full_copy(self, source: nn.Module, trainable: bool, with_head: bool = False) -> nn.Module:
         model = copy.deepcopy(source)
+        self._freeze_copy(model, trainable, with_head)
+        return model
+
+    @staticmethod
+    def _freeze_copy(model: nn.Module, trainable: bool, with_head: bool) -> None:
         for param in model.parameters():
             param.requires_grad_(trainable)
-        return model
+        if with_head:
+            # A scalar-head role never uses the LM head; an untied one would get no gradient.
+            output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+            if output is not None and output.weight is not inputs.weight:
+                output.requires_grad_(False)
 
     # ------------------------------------------------------------------ peft plumbing
 
@@ -453,6 +504,24 @@ class SharedBase:
             if saved_modes is not None:
                 for module, training in saved_modes:
                     module.training = training
+
+    def enable_activation_checkpointing(self, every_n_layers: int = 1) -> None:
+        """Turn on activation (gradient) checkpointing for every model, role switching included.
+
+        A checkpointed layer is re-run during `backward()`, so a plain checkpoint would re-run a
+        policy layer with whatever adapter is active at backward time (after a value forward: the
+        value adapter), silently corrupting gradients. The `context_fn` given to
+        `torch.utils.checkpoint` records the adapter switches at forward time and replays them
+        during the recompute. Non-reentrant checkpointing only (the default since torch 2.4)."""
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        if self.mode == "lora":
+            kwargs["context_fn"] = _CheckpointContextFn(self)
+        models = [self.model] + [e.model for e in self._roles.values() if e.model is not None and e.model is not self.model]
+        for model in models:
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+            else:  # transformers < 5
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def _grad_context(self, role: str):
         return nullcontext() if self._get(role).trainable else torch.no_grad()
@@ -622,9 +691,19 @@ class SharedBase:
             with torch.no_grad():
                 entry.head.load_state_dict(_read_head_state(path, self.device))
         if trainable is not None and trainable != entry.trainable:
-            for param in self.role_parameters(role):
+            self._set_trainable(entry, trainable)
+
+    def _set_trainable(self, entry: _Role, trainable: bool) -> None:
+        if entry.model is not None:
+            if entry.model is self.model:
+                raise ValueError(f"role {entry.name!r} is the frozen base itself; it cannot be made trainable")
+            self._freeze_copy(entry.model, trainable, with_head=entry.head is not None)
+        elif entry.adapter is not None:
+            for param in self.adapter_parameters(entry.adapter):
                 param.requires_grad_(trainable)
-            entry.trainable = trainable
+        if entry.head is not None:
+            entry.head.requires_grad_(trainable)
+        entry.trainable = trainable
 
     def __repr__(self) -> str:
         parts = []

@@ -1,1 +1,30 @@
+"""Reward functions behind one interface (`RewardFunction`): verifiable rules and learned models.
 
+- `reward_models.base`: the interface, `RewardOutput`, the registry and `build_reward(spec)`;
+- `reward_models.verifiable`: programmatic rewards of the built-in tasks (correctness, format,
+  length penalty, the preference task's gold rule) and `WeightedSum`;
+- `reward_models.learned` (added separately): an adapter reward model on the shared base,
+  registered under its own name so `build_reward` finds it too.
+"""
+
+from reward_models.base import REWARD_REGISTRY, RewardFunction, RewardOutput, build_reward, register_reward
+from reward_models.verifiable import (
+    ArithmeticCorrectness,
+    FormatReward,
+    GoldPreferenceRule,
+    LengthPenalty,
+    WeightedSum,
+)
+
+__all__ = [
+    "REWARD_REGISTRY",
+    "ArithmeticCorrectness",
+    "FormatReward",
+    "GoldPreferenceRule",
+    "LengthPenalty",
+    "RewardFunction",
+    "RewardOutput",
+    "WeightedSum",
+    "build_reward",
+    "register_reward",
+]

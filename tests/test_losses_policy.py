@@ -30,8 +30,6 @@ from align.losses.policy import (
     ppo_value_loss,
 )
 
-torch.set_num_threads(1)
-
 NAN, INF = float("nan"), float("inf")
 
 
@@ -40,6 +38,8 @@ def t(*rows) -> torch.Tensor:
 
 
 def close(actual: torch.Tensor, expected, abs: float = 1e-12) -> None:
+    expected_shape = torch.as_tensor(expected).shape
+    assert expected_shape == () or actual.shape == expected_shape, (actual.shape, expected_shape)
     assert torch.allclose(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=abs, rtol=0), (
         actual,
         expected,

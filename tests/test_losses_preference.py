@@ -22,8 +22,6 @@ from align.losses.preference import (
     simpo_loss,
 )
 
-torch.set_num_threads(1)
-
 
 def t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)

@@ -236,7 +236,8 @@ def ppo_value_loss(
     if clip_range_value is None:
         clipped_BT = unclipped_BT
     else:
-        values_clipped_BT = old_values_BT + torch.clamp(values_BT - old_values_BT, -clip_range_value, clip_range_value)
+        delta_BT = torch.clamp(values_BT - old_values_BT, -clip_range_value, clip_range_value)
+        values_clipped_BT = old_values_BT + delta_BT
         clipped_BT = (values_clipped_BT - returns_BT) ** 2
     # 0.5 max((v - R)^2, (clip(v, old - eps, old + eps) - R)^2)   (cleanrl ppo.py, clip_vloss)
     loss = 0.5 * masked_mean(torch.maximum(unclipped_BT, clipped_BT), mask_BT)

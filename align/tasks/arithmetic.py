@@ -2,7 +2,7 @@
 
 What it does:
 - defines the offline "world" every built-in task shares: problems `a+b` and `a-b` (a >= b) with
-  operands 0..`max_operand`, a fixed train/eval split by hashing the problem text (disjoint,
+  a in 0..`max_operand` (99) and b in 0..`max_second_operand` (9), a fixed train/eval split by hashing the problem text (disjoint,
   independent of any seed), the prompt format `"Q: 23+45=? A:"` and the completion format
   `" 68"` (callers append EOS; strings never contain it);
 - `arithmetic_prompts`, `arithmetic_sft_rows`, `arithmetic_preference_rows`: seeded samples of a
@@ -10,7 +10,7 @@ What it does:
 - `extract_answer` / `is_correct`: the verifier (last integer of the completion);
 - `pretrain_corpus`: the noisy pretraining texts of the tiny base. A configured fraction of the
   answers is wrong (off by 1, 2, 3 or 10) and a configured fraction is "padded" with filler words
-  (" um so it is 68", " 68 i think"), so a base pretrained on it is right when greedy but often
+  (" um 68", " 68 i think"), so a base pretrained on it is right when greedy but often
   wrong or padded when sampled at temperature 1: RL and DPO have room to improve it. The corpus
   only uses train-split problems, so eval accuracy measures generalisation.
 
@@ -36,7 +36,9 @@ class ArithmeticWorld:
     """The shape of the built-in world (problems, split, and pretraining noise)."""
 
     max_operand: int = 99
-    """Operands are integers in [0, max_operand]."""
+    """The first operand is an integer in [0, max_operand]."""
+    max_second_operand: int = 9
+    """The second operand is an integer in [0, max_second_operand]."""
     operations: tuple[str, ...] = ("+", "-")
     """Operations; subtraction only appears with a >= b, so answers are never negative."""
     eval_fraction: float = 0.2
@@ -52,8 +54,8 @@ WORLD = ArithmeticWorld()
 # Wrong answers are near misses, each much rarer than the right one, so the right answer stays the
 # mode of the corpus distribution (greedy is right) while sampling is often wrong.
 WRONG_OFFSETS = (-10, -3, -2, -1, 1, 2, 3, 10)
-FILLER_PREFIXES = ("um so it is", "well it is", "i think it is", "the answer is")
-FILLER_SUFFIXES = ("i think", "probably", "or so", "right")
+FILLER_PREFIXES = ("um", "so", "it is", "well")
+FILLER_SUFFIXES = ("i think", "ok", "or so", "right")
 
 
 # ---------------------------------------------------------------- problems and splits
@@ -61,6 +63,17 @@ FILLER_SUFFIXES = ("i think", "probably", "or so", "right")
 
 def format_prompt(a: int, op: str, b: int) -> str:
     return f"Q: {a}{op}{b}=? A:"
+
+
+_PROMPT = re.compile(r"Q: (\d+)([+-])(\d+)=\? A:")
+
+
+def answer_of(prompt: str) -> int:
+    """The answer of a prompt in the task format (so pairs and texts need no answer field)."""
+    match = _PROMPT.search(prompt)
+    if match is None:
+        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+    return solve(int(match.group(1)), match.group(2), int(match.group(3)))
 
 
 def solve(a: int, op: str, b: int) -> int:
@@ -86,7 +99,7 @@ def problems(split: str, world: ArithmeticWorld = WORLD) -> tuple[tuple[int, str
     out = []
     for op in world.operations:
         for a in range(world.max_operand + 1):
-            for b in range(world.max_operand + 1):
+            for b in range(world.max_second_operand + 1):
                 if op == "-" and b > a:
                     continue
                 if split_of(a, op, b, world.eval_fraction) == split:

@@ -20,6 +20,15 @@ from align.tracking import Tracker, new_run_dir
 
 
 @dataclass
+class TrainResult:
+    """What `align train` returns: the run directory, and the trained model for callers in Python."""
+
+    run_dir: str
+    model: Any = None
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
 class Run:
     """What a trainer needs about its process and run directory."""
 
@@ -124,6 +133,24 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, accelerato
     return float(norm)
 
 
+def all_reduce_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Sum each parameter's gradient over processes (no-op with one process).
+
+    For trainers that do not wrap the model in DDP (role switching on a SharedBase): each process
+    backpropagates its share of the GLOBAL-batch loss, so the sum is the global gradient."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
 def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float]:
     """Task evaluation (greedy and sampled accuracy, gold score, length) on the main process."""
     cfg = run.cfg
@@ -184,3 +211,21 @@ def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total
         "eval_after": eval_after,
         **(extra or {}),
     }
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Average gradients over processes by hand (for trainers on a SharedBase).
+
+    Roles live on one model with heads outside it, and a step may run several roles before one
+    backward, so DDP's per-module hooks do not fit; an explicit all-reduce after the last
+    micro-batch's backward is exact and simple. A no-op with one process.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(accelerator.num_processes)

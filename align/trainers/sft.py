@@ -27,7 +27,7 @@ from align.data.loading import SkipCounter, load_examples
 from align.lora import peft_lora_config
 from align.models import load_model_and_tokenizer
 from align.trainers.common import (
-    clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler, start_run, summary,
+    TrainResult, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler, start_run, summary,
 )
 from align.tracking import progress
 
@@ -64,7 +64,7 @@ def eval_loss(model, examples, pad_id: int, completion_only: bool, batch_size: i
     return total / max(count, 1)
 
 
-def train_sft(cfg: RecipeConfig) -> str:
+def train_sft(cfg: RecipeConfig) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------------
     run = start_run(cfg)
     acc = run.accelerator
@@ -163,7 +163,8 @@ def train_sft(cfg: RecipeConfig) -> str:
     final = {"eval/loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
     eval_after = {**final, **evaluate(run, model, tokenizer)}
     run.tracker.log({f"eval/{k.removeprefix('eval/')}": v for k, v in eval_after.items()}, step=cfg.train.steps)
-    run.tracker.finish(summary(run, eval_before, eval_after, trainable, total, {"skipped_rows": skipped.total}))
+    result = summary(run, eval_before, eval_after, trainable, total, {"skipped_rows": skipped.total})
+    run.tracker.finish(result)
     acc.wait_for_everyone()
     acc.end_training()
-    return str(run.run_dir)
+    return TrainResult(str(run.run_dir), model, result)

@@ -1,0 +1,265 @@
+"""Direct Preference Optimization (and IPO, hinge/SLiC, SimPO) on a SharedBase, LoRA or full.
+
+Run: `align train recipes/dpo_lora.yaml` (or `recipes/dpo_full.yaml`; 2 processes:
+`accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m align.cli train recipes/dpo_lora.yaml`).
+
+Roles (see `align.shared_base`): the policy is a trainable LoRA adapter on the ONE frozen base; the
+reference is that base with adapters off, or a frozen copy of `dpo.init_adapter` when the policy
+starts from a saved adapter. `mode: full` gives the policy its own full copy and runs this same code.
+
+One step, for every micro-batch of pairs (chosen rows then rejected rows, one forward each role):
+    policy logps   sum of log pi(token) over completion tokens, with gradients        (2B,)
+    ref logps      the same under the reference role, no gradients; or read from a table
+                   computed once before training (`dpo.precompute_reference`)            (2B,)
+    loss           PREFERENCE_LOSSES[dpo.loss_type], a mean over the micro-batch, rescaled by
+                   micro / global batch so that the sum over micro-batches and processes is the
+                   mean over the GLOBAL batch: batch 8 == 4 x 2 accumulation == 2 processes x 4.
+Gradients of the policy parameters are summed over processes by an explicit all-reduce (no DDP
+wrapper: role switching inside a DDP forward is not something DDP is built for).
+
+Log-probs are computed from the final hidden states, projecting through the LM head only the
+positions that predict a completion token (prompt and padding positions never build a
+(T, V) row of logits). Models whose head scales or soft-caps logits fall back to full logits.
+
+Left out: reference-model syncing (TR-DPO), multiple epochs over a precomputed table stored on
+disk, packing, and losses that need per-token log-probs (TRL's nca_pair, ld_alpha).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from align.config import RecipeConfig
+from align.data.batching import BatchStream, chunks, collate_pairs, shard
+from align.data.loading import SkipCounter, load_examples
+from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
+from align.losses import get_preference_loss
+from align.memory import memory_report
+from align.models import load_model_and_tokenizer
+from align.shared_base import SharedBase
+from align.trainers.common import (
+    TrainResult, all_reduce_gradients, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler,
+    start_run, summary,
+)
+from align.tracking import progress
+
+# Config fields of heads that change logits after the projection; such models take the full path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (2B,) and completion lengths (2B,) of a `collate_pairs` batch.
+
+    Only positions whose NEXT token is a completion token go through the LM head (exact: the
+    other rows of logits never enter the sum). Token t is scored from the hidden state at t-1.
+    """
+    input_ids_BT, attention_mask_BT = batch["input_ids"], batch["attention_mask"]
+    completion_mask_BT = batch["completion_mask"] * attention_mask_BT
+    lengths_B = completion_mask_BT[:, 1:].sum(-1)
+    config = getattr(model, "config", None)
+    backbone = getattr(model, "base_model", model)
+    fast = backbone is not model and not any(getattr(config, k, None) is not None for k in _LOGIT_TRANSFORMS)
+    if not fast:
+        logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
+                           position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).logits
+        token_logps_BT = sequence_logprobs(logits_BTV, input_ids_BT, completion_mask_BT)
+        return reduce_logprobs(token_logps_BT, completion_mask_BT), lengths_B
+    hidden_BTH = backbone(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
+                          position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).last_hidden_state
+    target_BT1 = completion_mask_BT[:, 1:].bool()  # hidden state t predicts token t + 1
+    hidden_NH = hidden_BTH[:, :-1][target_BT1]
+    labels_N = input_ids_BT[:, 1:][target_BT1]
+    logits_NV = model.get_output_embeddings()(hidden_NH)
+    token_logps_N = gather_logprobs(logits_NV, labels_N)  # log p = z_label - logsumexp(z)
+    rows_N = target_BT1.nonzero()[:, 0]
+    logps_B = token_logps_N.new_zeros(input_ids_BT.shape[0]).index_add(0, rows_N, token_logps_N)
+    return logps_B, lengths_B
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def reference_table(base: SharedBase, examples, rows: list[int], pad_id: int, batch_size: int) -> dict[int, tuple[float, float]]:
+    """{row: (ref chosen logp, ref rejected logp)} for `rows`, computed once under the reference role."""
+    table: dict[int, tuple[float, float]] = {}
+    with base.role("reference") as ref_model:
+        for i in range(0, len(rows), batch_size):
+            part = rows[i : i + batch_size]
+            logps_2B, _ = pair_logps(ref_model, _to(collate_pairs([examples[r] for r in part], pad_id), base.device))
+            chosen_B, rejected_B = logps_2B.double().chunk(2)
+            table.update({r: (c, rj) for r, c, rj in zip(part, chosen_B.tolist(), rejected_B.tolist())})
+    return table
+
+
+def dpo_loss_on_batch(base: SharedBase, batch, loss_fn, cfg: RecipeConfig, ref_logps_2B: torch.Tensor | None = None):
+    """Policy forward (with grad), reference forward (no grad) unless given, then the loss.
+
+    Returns (mean loss over the micro-batch, stats dict, number of pairs)."""
+    with base.role("policy") as policy_model:
+        logps_2B, lengths_2B = pair_logps(policy_model, batch)
+    if ref_logps_2B is None:
+        with torch.no_grad(), base.role("reference") as ref_model:
+            ref_logps_2B, _ = pair_logps(ref_model, batch)
+    chosen_B, rejected_B = logps_2B.chunk(2)
+    ref_chosen_B, ref_rejected_B = ref_logps_2B.to(logps_2B.dtype).chunk(2)
+    chosen_len_B, rejected_len_B = lengths_2B.to(logps_2B.dtype).chunk(2)
+    loss, stats = loss_fn(
+        chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, beta=cfg.dpo.beta,
+        label_smoothing=cfg.dpo.label_smoothing, chosen_lengths_B=chosen_len_B, rejected_lengths_B=rejected_len_B,
+        simpo_gamma=cfg.dpo.simpo_gamma,
+    )
+    stats = {**stats, "ref_logps/chosen": ref_chosen_B.mean().detach(), "ref_logps/rejected": ref_rejected_B.mean().detach()}
+    return loss, stats, chosen_B.shape[0]
+
+
+@torch.no_grad()
+def eval_pairs(base: SharedBase, examples, ref_table, loss_fn, cfg: RecipeConfig, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Held-out preference metrics: loss and implicit-reward accuracy of the policy on eval pairs."""
+    totals: dict[str, float] = {}
+    for i in range(0, len(examples), batch_size):
+        part = list(range(i, min(i + batch_size, len(examples))))
+        batch = _to(collate_pairs([examples[r] for r in part], pad_id), base.device)
+        ref_2B = torch.tensor([ref_table[r][0] for r in part] + [ref_table[r][1] for r in part], device=base.device)
+        model = base.role_model("policy")
+        was_training = model.training
+        model.eval()  # dropout off; restored below
+        try:
+            loss, stats, n = dpo_loss_on_batch(base, batch, loss_fn, cfg, ref_2B)
+        finally:
+            model.train(was_training)
+        for k, v in {"loss": loss, **stats}.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * n
+    return {f"pairs/{k}": v / max(len(examples), 1) for k, v in totals.items()}
+
+
+def train_dpo(cfg: RecipeConfig) -> TrainResult:
+    # ---- setup ----------------------------------------------------------------------------------
+    run = start_run(cfg)
+    acc = run.accelerator
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+    base.add_policy(init_adapter=cfg.dpo.init_adapter)
+    base.add_reference()
+    policy_model = base.role_model("policy")
+    policy_model.train()
+    trainable, total = count_parameters(policy_model)
+    loss_fn = get_preference_loss(cfg.dpo.loss_type)
+    pad_id = tokenizer.pad_token_id
+
+    skipped = SkipCounter()
+    train_examples = load_examples(cfg.data, tokenizer, "pairs", "train", cfg.train.seed, skipped)
+    eval_examples = load_examples(cfg.data, tokenizer, "pairs", "eval", cfg.train.seed, skipped)
+    stream = BatchStream(len(train_examples), cfg.train.batch_size, cfg.train.seed)
+
+    params = base.trainable_parameters("policy")
+    trainable_ids = {id(p) for p in params}
+    named_params = [(n, p) for n, p in policy_model.named_parameters() if id(p) in trainable_ids]
+    optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
+    scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
+
+    start_step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(run.run_dir)
+        if ckpt is None:
+            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
+        start_step = load_checkpoint(ckpt, named_params, {"policy": optimizer}, {"policy": scheduler})["step"]
+        run.tracker.truncate_after(start_step)
+        run.print(f"resumed from {ckpt} at step {start_step}")
+
+    def save(step: int) -> None:
+        if run.is_main:
+            save_checkpoint(
+                run.run_dir, step, named_params, {"policy": optimizer}, {"policy": scheduler},
+                save_adapter=(lambda d: base.save_role("policy", d)) if cfg.mode == "lora" else None,
+            )
+        acc.wait_for_everyone()
+
+    micro_batches_per_step = cfg.train.grad_accum
+    micro_size = cfg.train.batch_size // (micro_batches_per_step * run.world)
+    # Reference log-probs: once, before training, for exactly the rows this process will train on
+    # (the reference never changes, so this equals computing them on the fly), and for eval pairs.
+    train_ref = None
+    if cfg.dpo.precompute_reference:
+        my_rows = sorted({r for s in range(start_step, cfg.train.steps) for r in shard(stream.batch(s), run.rank, run.world)})
+        t0 = time.time()
+        train_ref = reference_table(base, train_examples, my_rows, pad_id, max(micro_size, 1))
+        run.print(f"precomputed reference log-probs of {len(my_rows)} pairs in {time.time() - t0:.1f}s")
+    eval_ref = reference_table(base, eval_examples, list(range(len(eval_examples))), pad_id, 64) if eval_examples else {}
+
+    def evaluate_policy() -> dict[str, float]:
+        metrics = eval_pairs(base, eval_examples, eval_ref, loss_fn, cfg, pad_id) if eval_examples else {}
+        with base.role("policy") as m:  # generation with the policy adapter active
+            metrics.update(evaluate(run, m, tokenizer))
+        return metrics
+
+    run.print(
+        f"dpo/{cfg.dpo.loss_type} {cfg.mode}: {trainable:,} trainable of {total:,} parameters; "
+        f"{len(train_examples)} train pairs, {len(eval_examples)} eval pairs ({skipped.total} skipped); "
+        f"lr {run.derived['learning_rate']:.3g}; beta {cfg.dpo.beta}; run dir {run.run_dir}"
+    )
+    eval_before = evaluate_policy() if start_step == 0 else {}
+    if eval_before:
+        run.tracker.log({f"eval/{k}": v for k, v in eval_before.items()}, step=0)
+
+    # ---- loop -----------------------------------------------------------------------------------
+    bar = progress(total=cfg.train.steps, desc="dpo", initial=start_step)
+    for step in range(start_step, cfg.train.steps):
+        t0 = time.time()
+        global_rows = stream.batch(step)
+        global_pairs = len(global_rows)
+        sums: dict[str, torch.Tensor] = {}
+        tokens = torch.zeros((), device=acc.device)
+        for micro_rows in chunks(shard(global_rows, run.rank, run.world), micro_batches_per_step):
+            batch = _to(collate_pairs([train_examples[r] for r in micro_rows], pad_id), acc.device)
+            ref_2B = None
+            if train_ref is not None:
+                ref_2B = torch.tensor([train_ref[r][0] for r in micro_rows] + [train_ref[r][1] for r in micro_rows], device=acc.device)
+            loss, stats, n = dpo_loss_on_batch(base, batch, loss_fn, cfg, ref_2B)
+            # micro-batch mean x (micro pairs / global pairs): the terms sum to the global mean
+            (loss * (n / global_pairs)).backward()
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * n
+            tokens += batch["attention_mask"].sum()
+        all_reduce_gradients(params, acc)
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
+        keys = sorted(sums)
+        reduced = acc.reduce(torch.stack([sums[k] for k in keys] + [tokens.float()]), reduction="sum")
+        metrics = {k: float(v) / global_pairs for k, v in zip(keys, reduced[:-1])}
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+
+        done = step + 1
+        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
+            run.tracker.log(
+                {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                 "tokens_per_s": float(reduced[-1]) / max(time.time() - t0, 1e-9), **skipped.as_dict()},
+                step=done,
+            )
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
+            run.tracker.log({f"eval/{k}": v for k, v in evaluate_policy().items()}, step=done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
+            save(done)
+    bar.close()
+
+    # ---- save -----------------------------------------------------------------------------------
+    save(cfg.train.steps)
+    if run.is_main:
+        out = run.run_dir / ("adapter" if cfg.mode == "lora" else "model")
+        base.save_role("policy", out)
+        tokenizer.save_pretrained(out)
+    eval_after = evaluate_policy()
+    run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
+    memory = memory_report(base, optimizer)
+    result = summary(run, eval_before, eval_after, trainable, total, {
+        "loss_type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "precompute_reference": cfg.dpo.precompute_reference,
+        "skipped_rows": skipped.total, "memory_bytes": memory,
+    })
+    run.tracker.finish(result)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(str(run.run_dir), base, result)

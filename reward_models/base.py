@@ -1,0 +1,99 @@
+"""The one interface every reward shares: verifiable rules and learned reward models alike.
+
+What it does:
+- `RewardFunction`: a Protocol. A reward is called as
+  `fn(prompts: list[str], completions: list[str], **metadata) -> RewardOutput`, where metadata
+  carries per-row lists the trainer knows (`answers` for the built-in tasks, `response_lengths`
+  in tokens) and the output holds one float per row plus per-row diagnostics in `info`;
+- `RewardOutput(scores, info)`;
+- a registry: `register_reward(name)` decorates a factory (a class or function taking keyword
+  arguments), `build_reward(spec)` builds one from a recipe's spec: a name (`"arithmetic_correctness"`),
+  a dict (`{"name": "length_penalty", "per_char": 0.01}`), or a weighted sum
+  (`{"name": "weighted_sum", "terms": [[1.0, "arithmetic_correctness"], [0.1, "format"]]}`).
+
+What it leaves out: the rules themselves (`reward_models.verifiable`) and learned reward models
+(`reward_models.learned`, registered under their own name; `build_reward` imports that module
+on first use of a name it does not know yet).
+
+Run: `python -c "from reward_models import build_reward; print(build_reward('arithmetic_correctness')(['Q: 1+2=? A:'], [' 3']))"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+
+@dataclass
+class RewardOutput:
+    """One score per completion, plus per-row diagnostics (every list as long as `scores`)."""
+
+    scores: list[float]
+    info: dict[str, list] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, values in self.info.items():
+            if len(values) != len(self.scores):
+                raise ValueError(f"reward info {key!r} has {len(values)} rows, scores have {len(self.scores)}")
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """`fn(prompts, completions, **metadata) -> RewardOutput`; `name` labels its metrics."""
+
+    name: str
+
+    def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput: ...
+
+
+REWARD_REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
+
+# Modules that register rewards when imported; tried in order when a name is not registered yet.
+_PROVIDERS = ("reward_models.verifiable", "reward_models.learned")
+
+
+def register_reward(name: str):
+    """Decorator: register a reward factory (a class or a function of keyword arguments)."""
+
+    def decorate(factory):
+        if name in REWARD_REGISTRY and REWARD_REGISTRY[name] is not factory:
+            raise ValueError(f"reward {name!r} is already registered")
+        REWARD_REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def _lookup(name: str) -> Callable[..., RewardFunction]:
+    for module in _PROVIDERS:
+        if name in REWARD_REGISTRY:
+            break
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:  # the module exists but one of its imports is missing
+                raise
+    if name not in REWARD_REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; registered rewards are {sorted(REWARD_REGISTRY)}")
+    return REWARD_REGISTRY[name]
+
+
+def build_reward(spec: str | dict | RewardFunction) -> RewardFunction:
+    """A reward from a recipe spec: a name, `{"name": ..., **kwargs}`, or a reward object."""
+    if isinstance(spec, str):
+        return _lookup(spec)()
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        if "name" not in kwargs:
+            raise ValueError(f"a reward spec dict needs a 'name' key, got {spec!r}")
+        name = kwargs.pop("name")
+        if name == "weighted_sum":
+            terms = kwargs.pop("terms", None)
+            if not terms:
+                raise ValueError("weighted_sum needs 'terms': a list of [weight, reward spec]")
+            kwargs["terms"] = [(float(weight), build_reward(term)) for weight, term in terms]
+        return _lookup(name)(**kwargs)
+    if callable(spec):
+        return spec
+    raise TypeError(f"cannot build a reward from {type(spec).__name__}: {spec!r}")
