@@ -12,6 +12,7 @@ key and the file, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from align.config import ConfigError, describe, load_recipe
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            print(_train(args), flush=True)
+            run_dir = _train(args)
+            if int(os.environ.get("RANK", "0")) == 0:  # one line, from the main process only
+                print(run_dir, flush=True)
         elif args.command == "build-base":
             from align.build_base import build_base
 

@@ -114,7 +114,7 @@ class DPOSettings:
 
 @dataclass
 class PPOSettings:
-    reward: str = _f("arithmetic_correctness", "Reward function name, or 'learned' for the reward role.")
+    reward: str = _f("arithmetic_correctness", "Reward: a registered name, 'learned' (the reward role), or a weighted sum like '1.0*learned + 0.2*format'.")
     reward_model: Optional[str] = _f(None, "Run directory (or adapter dir) of a trained reward model, for reward: learned.")
     gold_reward: Optional[str] = _f(None, "A verifiable reward logged beside a learned one.")
     rollout_batch_size: int = _f(32, "Prompts sampled per PPO iteration.")
@@ -123,7 +123,7 @@ class PPOSettings:
     max_new_tokens: int = _f(12, "Response length limit.")
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling p.")
-    no_stop_penalty: float = _f(-1.0, "Score given to responses that never stop (null: no penalty).")
+    no_stop_penalty: Optional[float] = _f(-1.0, "Score given to responses that never stop (null: no penalty).")
     kl_coef: float = _f(0.05, "Initial KL penalty coefficient.")
     kl_estimator: Literal["k1", "k3"] = _f("k1", "Per-token KL estimator.")
     adaptive_kl: bool = _f(False, "Adapt the KL coefficient towards kl_target.")
@@ -138,6 +138,12 @@ class PPOSettings:
     value_lr: Optional[float] = _f(None, "Value LR (default: the policy LR).")
     value_init_from_reward: bool = _f(False, "Initialise the value adapter and head from the reward model.")
     init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter.")
+    forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
+    prompt_field: str = _f("prompt", "Prompt column of a data.train_file / data.eval_file of PPO prompts.")
+    answer_field: str = _f("answer", "Answer column of a prompt file (an integer, or GSM8K-style text ending in '#### 42').")
+    dataset_config: Optional[str] = _f(None, "Config name of a hub dataset given as data.train_file (e.g. 'main' for openai/gsm8k).")
+    eval_split: str = _f("test", "Split of a hub dataset used for evaluation prompts when data.eval_file is null.")
+    chat_template: bool = _f(False, "Render each prompt as a user turn with the tokenizer's chat template.")
 
 
 @dataclass
@@ -212,6 +218,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept any plain float literal.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)
@@ -289,7 +301,7 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
     if cfg.data.task is None and cfg.data.train_file is None:
         bad("data", "needs either data.task (a built-in task) or data.train_file")
     if cfg.data.task is not None:
-        from align.tasks import TASK_NAMES
+        from align.tasks import TASKS as TASK_NAMES
 
         valid = set(TASK_NAMES) | {"pretrain"}  # pretrain: the built-in base's corpus
         if cfg.data.task not in valid:
@@ -327,8 +339,26 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("ppo.top_p", "must be in (0, 1]")
         if p.kl_coef < 0:
             bad("ppo.kl_coef", "must not be negative")
-        if p.reward == "learned" and not p.reward_model:
+        if "learned" in p.reward and not p.reward_model:
             bad("ppo.reward_model", "is required when ppo.reward is 'learned'")
+        if p.max_new_tokens < 1 or p.forward_batch_size < 1:
+            bad("ppo", "max_new_tokens and forward_batch_size must be at least 1")
+        if not (0 <= p.gamma <= 1 and 0 <= p.lam <= 1):
+            bad("ppo.gamma/lam", "must be in [0, 1]")
+        if p.clip_range <= 0 or p.clip_range_value <= 0:
+            bad("ppo.clip_range/clip_range_value", "must be positive")
+        if p.value_lr is not None and p.value_lr < 0:
+            bad("ppo.value_lr", "must not be negative")
+        if p.adaptive_kl and (p.kl_target <= 0 or p.kl_horizon < 1):
+            bad("ppo.kl_target/kl_horizon", "must be positive for the adaptive KL controller")
+        if p.value_init_from_reward and "learned" not in p.reward:
+            bad("ppo.value_init_from_reward", "needs a learned reward (ppo.reward: learned) to copy from")
+        from align.trainers.ppo_rollout import parse_reward_spec
+
+        try:
+            parse_reward_spec(p.reward)
+        except ValueError as err:
+            bad("ppo.reward", str(err))
 
 
 def _looks_local(path: str) -> bool:

@@ -29,6 +29,7 @@ Run: see `tests/test_rollout.py`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -106,6 +107,17 @@ def _next_tokens(
     return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward keyword of the KV cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(outputs):
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
+
+
 def _first_stop(text: str, stop_strings: Sequence[str]) -> int:
     """Index of the first stop string in `text`, or -1."""
     hits = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
@@ -132,6 +144,7 @@ def _generate_batch(
     attention_mask_BL = prompt_mask_BP
     # Positions count real tokens only, so a left-padded prompt starts at position 0.
     position_ids_BP = (prompt_mask_BP.cumsum(-1) - 1).clamp(min=0)
+    cache_argument = _cache_argument(model)
     outputs = model(input_ids=prompt_ids_BP, attention_mask=attention_mask_BL,
                     position_ids=position_ids_BP, use_cache=True)
     next_position_B = position_ids_BP[:, -1] + 1
@@ -155,8 +168,8 @@ def _generate_batch(
             break
         attention_mask_BL = torch.cat([attention_mask_BL, torch.ones_like(attention_mask_BL[:, :1])], dim=1)
         outputs = model(input_ids=token_B[:, None], attention_mask=attention_mask_BL,
-                        position_ids=next_position_B[:, None], past_key_values=outputs.past_key_values,
-                        use_cache=True)
+                        position_ids=next_position_B[:, None], use_cache=True,
+                        **{cache_argument: _cache_of(outputs)})
         next_position_B = next_position_B + 1
     if not tokens:  # max_new_tokens == 0
         empty_BT = torch.zeros(B, 0, dtype=torch.long, device=device)

@@ -3,11 +3,12 @@
 - `reward_models.base`: the interface, `RewardOutput`, the registry and `build_reward(spec)`;
 - `reward_models.verifiable`: programmatic rewards of the built-in tasks (correctness, format,
   length penalty, the preference task's gold rule) and `WeightedSum`;
-- `reward_models.learned` (added separately): an adapter reward model on the shared base,
-  registered under its own name so `build_reward` finds it too.
+- `reward_models.learned`: an adapter (or full) reward model on the shared base (`LearnedReward`,
+  `load_learned_reward`), registered as `learned` so `build_reward` finds it too.
 """
 
 from reward_models.base import REWARD_REGISTRY, RewardFunction, RewardOutput, build_reward, register_reward
+from reward_models.learned import LearnedReward, load_learned_reward
 from reward_models.verifiable import (
     ArithmeticCorrectness,
     FormatReward,
@@ -21,10 +22,12 @@ __all__ = [
     "ArithmeticCorrectness",
     "FormatReward",
     "GoldPreferenceRule",
+    "LearnedReward",
     "LengthPenalty",
     "RewardFunction",
     "RewardOutput",
     "WeightedSum",
     "build_reward",
+    "load_learned_reward",
     "register_reward",
 ]

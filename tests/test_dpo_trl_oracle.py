@@ -95,7 +95,7 @@ def test_full_models_logps_and_loss_equal_trl(tmp_path, loss_type):
     torch.testing.assert_close(our_r, torch.cat([trl_rc, trl_rr]), atol=1e-5, rtol=0)
     assert lengths.tolist() == theirs["completion_mask"].sum(-1).tolist()
 
-    # the loss through TRL's compute_loss, and ours through the trainer's own function
+    # the loss through TRL's compute_loss (models in eval mode: TRL logs its metrics under "eval"), and ours
     trl_loss = trainer.compute_loss(trainer.model, theirs)
     base = SharedBase(ref_model, tokenizer, mode="full")
     base.add_policy()
@@ -103,10 +103,10 @@ def test_full_models_logps_and_loss_equal_trl(tmp_path, loss_type):
     base.role_model("policy").load_state_dict(policy.state_dict())
     base.role_model("policy").eval()
     our_loss, stats, _ = dpo_loss_on_batch(base, ours, get_preference_loss(loss_type), _cfg(loss_type))
-    assert float(our_loss) == pytest.approx(float(trl_loss), abs=1e-5)
+    assert float(our_loss.detach()) == pytest.approx(float(trl_loss.detach()), abs=1e-5)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
-        assert float(stats[key]) == pytest.approx(trainer._metrics["train"][key][-1], abs=1e-5), key
-    assert float(our_loss) != pytest.approx(0.6931, abs=1e-3)  # not the trivial policy == reference case
+        assert float(stats[key]) == pytest.approx(trainer._metrics["eval"][key][-1], abs=1e-5), key
+    assert float(our_loss.detach()) != pytest.approx(0.6931, abs=1e-3)  # not the trivial policy == reference case
 
 
 def test_lora_policy_and_base_reference_equal_trl_peft(tmp_path):
@@ -142,7 +142,7 @@ def test_lora_policy_and_base_reference_equal_trl_peft(tmp_path):
     torch.testing.assert_close(our_r, torch.cat([trl_rc, trl_rr]), atol=1e-5, rtol=0)
     trl_loss = trainer.compute_loss(trainer.model, theirs)
     our_loss, stats, _ = dpo_loss_on_batch(base, ours, get_preference_loss("sigmoid"), _cfg())
-    assert float(our_loss) == pytest.approx(float(trl_loss), abs=1e-5)
-    assert float(stats["logps/chosen"]) == pytest.approx(trainer._metrics["train"]["logps/chosen"][-1], abs=1e-5)
-    assert float(our_p.chunk(2)[0].mean()) == pytest.approx(trainer._metrics["train"]["logps/chosen"][-1], abs=1e-5)
-    assert float(our_loss) != pytest.approx(0.6931, abs=1e-3)
+    assert float(our_loss.detach()) == pytest.approx(float(trl_loss.detach()), abs=1e-5)
+    assert float(stats["logps/chosen"]) == pytest.approx(trainer._metrics["eval"]["logps/chosen"][-1], abs=1e-5)
+    assert float(our_p.chunk(2)[0].mean()) == pytest.approx(trainer._metrics["eval"]["logps/chosen"][-1], abs=1e-5)
+    assert float(our_loss.detach()) != pytest.approx(0.6931, abs=1e-3)

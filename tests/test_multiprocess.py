@@ -44,4 +44,5 @@ def test_two_processes_equal_one(tmp_path, repo):
     assert proc.stdout.strip().splitlines()[-1] == str(out_dir)  # last line: the run directory
     summary = json.load(open(out_dir / "summary.json"))
     assert summary["num_processes"] == 2
-    assert losses(out_dir) == pytest.approx(single, abs=1e-5)
+    # Equal up to float32 reduction order (gradients are summed over processes in another order).
+    assert losses(out_dir) == pytest.approx(single, rel=1e-5)

@@ -6,6 +6,7 @@ Composition, not inheritance: a trainer calls these and still reads top to botto
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,12 @@ def start_run(cfg: RecipeConfig) -> Run:
         torch.set_num_threads(cfg.train.threads)
     # Roles that skip a forward on some step (e.g. a frozen reward adapter) leave parameters
     # without gradients; DDP must not wait for them.
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    # Several processes on a machine without CUDA (a torchrun-style launch, as in
+    # recipes/accelerate/cpu_2proc.yaml): ask for the CPU so accelerate sets up gloo.
+    cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=cpu_multiprocess, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)]
+    )
     world = accelerator.num_processes
     if cfg.train.batch_size % (cfg.train.grad_accum * world):
         raise SystemExit(

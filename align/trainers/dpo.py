@@ -189,9 +189,12 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
         t0 = time.time()
         train_ref = reference_table(base, train_examples, my_rows, pad_id, max(micro_size, 1))
         run.print(f"precomputed reference log-probs of {len(my_rows)} pairs in {time.time() - t0:.1f}s")
+    if not cfg.eval.enabled:
+        eval_examples = []
     eval_ref = reference_table(base, eval_examples, list(range(len(eval_examples))), pad_id, 64) if eval_examples else {}
 
     def evaluate_policy() -> dict[str, float]:
+        """Held-out pairs (loss, implicit-reward accuracy) and the task's generation metrics."""
         metrics = eval_pairs(base, eval_examples, eval_ref, loss_fn, cfg, pad_id) if eval_examples else {}
         with base.role("policy") as m:  # generation with the policy adapter active
             metrics.update(evaluate(run, m, tokenizer))
@@ -253,7 +256,8 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
         base.save_role("policy", out)
         tokenizer.save_pretrained(out)
     eval_after = evaluate_policy()
-    run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
+    if eval_after:
+        run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
     memory = memory_report(base, optimizer)
     result = summary(run, eval_before, eval_after, trainable, total, {
         "loss_type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "precompute_reference": cfg.dpo.precompute_reference,

@@ -1,0 +1,243 @@
+"""Reward-model training: a LoRA adapter and a scalar head (the `reward` role) with Bradley-Terry.
+
+Run: `align train recipes/rm_lora.yaml` (or `recipes/rm_full.yaml`, the full fine-tuning baseline,
+which runs this same code with `mode: full`; 2 processes: `accelerate launch --config_file
+recipes/accelerate/cpu_2proc.yaml -m align.cli train recipes/rm_lora.yaml`).
+
+The reward model is the `reward` role of a SharedBase (`add_reward()`: a fresh trainable adapter
+and a scalar head on the final hidden state of the last real token; full mode: a trainable copy
+of the base and a head). One step, for every micro-batch of preference pairs:
+    scores    r(prompt + chosen), r(prompt + rejected): one forward over the 2B rows   (2B,)
+    loss      Bradley-Terry, -log sigmoid(r_c - r_r [- margin]), a mean over the micro-batch,
+              rescaled by micro / global pairs so that the sum over micro-batches and processes
+              is the mean over the GLOBAL batch (batch 8 == 4 x 2 accumulation == 2 processes x 4)
+Gradients of the adapter and head are summed over processes by an explicit all-reduce (the head
+lives outside the model, so no DDP wrapper).
+
+Logged per step: loss, pairwise accuracy (r_c > r_r), mean margin r_c - r_r, mean chosen and
+rejected scores. Held-out pairs (`data.eval_file`, or the built-in task's eval split) are scored
+before training, every `train.eval_every` steps and at the end (`eval/pairs/accuracy`, ...).
+The run directory gets `reward/` (`SharedBase.save_role`: a plain peft adapter, or a full model,
+plus `head.safetensors` and the tokenizer), which `SharedBase.add_reward(path)` or
+`reward_models.learned.load_learned_reward(run_dir, base)` loads as the frozen reward role, and
+`summary.json` with held-out accuracy before/after and the memory report (bytes of base weights,
+adapters, heads, gradients and optimizer state, and the measured peak; also in metrics.jsonl).
+
+Per-pair margins (`reward.margin: true`) are read from a `margin` column of the data files.
+
+Left out: ensembles, reward centering/normalisation of the head output, multi-objective heads.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from align.config import RecipeConfig
+from align.data.batching import BatchStream, chunks, collate_pairs, shard
+from align.data.loading import DataError, PairExample, SkipCounter, load_examples, pair_examples, read_rows
+from align.losses import bradley_terry_loss
+from align.memory import memory_report
+from align.models import load_model_and_tokenizer
+from align.shared_base import SharedBase
+from align.trainers.common import (
+    TrainResult, all_reduce_gradients, clip_and_step, count_parameters, make_optimizer, make_scheduler,
+    peak_memory_bytes, start_run, summary,
+)
+from align.tracking import progress
+
+ROLE = "reward"
+
+
+def load_pairs(cfg: RecipeConfig, tokenizer, split: str, skipped: SkipCounter) -> tuple[list[PairExample], list[float] | None]:
+    """Preference pairs of `split`, and their per-pair margins when `reward.margin` is on and the
+    rows come from a file (None otherwise). Margins are read row by row, so a skipped bad row
+    never shifts a margin onto the wrong pair."""
+    path = cfg.data.train_file if split == "train" else cfg.data.eval_file
+    if not cfg.reward.margin or path is None:
+        return load_examples(cfg.data, tokenizer, "pairs", split, cfg.train.seed, skipped), None
+    examples, margins = [], []
+    for row in read_rows(path):
+        try:
+            margin = row.data.get("margin", 0.0)
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+                raise DataError(f"{row.source}: row {row.index}: field 'margin' must be a number, got {margin!r}", "wrong_type")
+        except DataError:
+            if cfg.data.bad_rows == "error":
+                raise
+            skipped.add("wrong_type")
+            continue
+        converted = pair_examples([row], tokenizer, cfg.data.max_length, cfg.data.bad_rows, skipped)
+        if converted:
+            examples.append(converted[0])
+            margins.append(float(margin))
+    return examples, margins
+
+
+def pair_scores(base: SharedBase, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward-role scores of a `collate_pairs` batch: (chosen_B, rejected_B)."""
+    scores_2B = base.scores(ROLE, batch["input_ids"], batch["attention_mask"])
+    chosen_B, rejected_B = scores_2B.chunk(2)
+    return chosen_B, rejected_B
+
+
+def _margins(margins: list[float] | None, rows: list[int], device) -> torch.Tensor | None:
+    return None if margins is None else torch.tensor([margins[r] for r in rows], dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def eval_pairs(base: SharedBase, examples: list[PairExample], margins: list[float] | None, pad_id: int,
+               batch_size: int = 64) -> dict[str, float]:
+    """Held-out Bradley-Terry loss, pairwise accuracy and mean margin, in eval mode (restored)."""
+    if not examples:
+        return {}
+    model, head = base.role_model(ROLE), base.head(ROLE)
+    modes = [(m, m.training) for m in [*model.modules(), *head.modules()]]
+    model.eval()
+    head.eval()
+    totals: dict[str, float] = {}
+    try:
+        for i in range(0, len(examples), batch_size):
+            rows = list(range(i, min(i + batch_size, len(examples))))
+            batch = {k: v.to(base.device) for k, v in collate_pairs([examples[r] for r in rows], pad_id).items()}
+            chosen_B, rejected_B = pair_scores(base, batch)
+            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(margins, rows, base.device))
+            for k, v in {"loss": loss, **stats}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(rows)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return {f"pairs/{k}": v / len(examples) for k, v in totals.items()}
+
+
+def _merge_memory(*reports: dict[str, int]) -> dict[str, int]:
+    """Per category the largest of several `memory_report`s (gradients exist between backward
+    and the optimizer step, optimizer state after the first step)."""
+    merged = {k: max(r.get(k, 0) for r in reports) for k in reports[0] if k != "total"}
+    merged["total"] = sum(merged.values())
+    return merged
+
+
+def train_reward(cfg: RecipeConfig) -> TrainResult:
+    # ---- setup ----------------------------------------------------------------------------------
+    run = start_run(cfg)
+    acc = run.accelerator
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+    base.add_reward()  # fresh: trainable adapter + head (full mode: trainable copy + head)
+    reward_model, head = base.role_model(ROLE), base.head(ROLE)
+    reward_model.train()
+    head.train()
+    pad_id = tokenizer.pad_token_id
+
+    skipped = SkipCounter()
+    train_examples, train_margins = load_pairs(cfg, tokenizer, "train", skipped)
+    eval_examples, eval_margins = load_pairs(cfg, tokenizer, "eval", skipped)
+    stream = BatchStream(len(train_examples), cfg.train.batch_size, cfg.train.seed)
+
+    params = base.trainable_parameters(ROLE)
+    trainable = sum(p.numel() for p in params)
+    total = count_parameters(reward_model)[1] + sum(p.numel() for p in head.parameters())
+    named_model = [(n, p) for n, p in reward_model.named_parameters() if p.requires_grad]
+    named_params = named_model + [(f"reward_head.{n}", p) for n, p in head.named_parameters()]
+    assert {id(p) for _, p in named_params} == {id(p) for p in params}, "reward role parameters and names disagree"
+    optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
+    scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
+
+    start_step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(run.run_dir)
+        if ckpt is None:
+            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
+        start_step = load_checkpoint(ckpt, named_params, {ROLE: optimizer}, {ROLE: scheduler})["step"]
+        run.tracker.truncate_after(start_step)
+        run.print(f"resumed from {ckpt} at step {start_step}")
+
+    def save(step: int) -> None:
+        if run.is_main:
+            save_checkpoint(
+                run.run_dir, step, named_params, {ROLE: optimizer}, {ROLE: scheduler},
+                save_adapter=(lambda d: base.save_role(ROLE, d)) if cfg.mode == "lora" else None,
+            )
+        acc.wait_for_everyone()
+
+    def evaluate_rm() -> dict[str, float]:
+        return eval_pairs(base, eval_examples, eval_margins, pad_id)
+
+    run.print(
+        f"reward model {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train pairs, "
+        f"{len(eval_examples)} eval pairs ({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}; "
+        f"run dir {run.run_dir}"
+    )
+    eval_before = evaluate_rm() if start_step == 0 else {}
+    if eval_before:
+        run.tracker.log({f"eval/{k}": v for k, v in eval_before.items()}, step=0)
+    memory_after_backward: dict[str, int] | None = None
+
+    # ---- loop -----------------------------------------------------------------------------------
+    bar = progress(total=cfg.train.steps, desc="reward", initial=start_step)
+    for step in range(start_step, cfg.train.steps):
+        t0 = time.time()
+        global_rows = stream.batch(step)
+        global_pairs = len(global_rows)
+        sums: dict[str, torch.Tensor] = {}
+        tokens = torch.zeros((), device=acc.device)
+        for micro_rows in chunks(shard(global_rows, run.rank, run.world), cfg.train.grad_accum):
+            batch = {k: v.to(acc.device) for k, v in collate_pairs([train_examples[r] for r in micro_rows], pad_id).items()}
+            chosen_B, rejected_B = pair_scores(base, batch)
+            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(train_margins, micro_rows, acc.device))
+            # micro-batch mean x (micro pairs / global pairs): the terms sum to the global mean
+            (loss * (len(micro_rows) / global_pairs)).backward()
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * len(micro_rows)
+            tokens += batch["attention_mask"].sum()
+        all_reduce_gradients(params, acc)
+        if memory_after_backward is None:
+            memory_after_backward = memory_report(base, optimizer)  # gradients are alive here
+        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
+        keys = sorted(sums)
+        reduced = acc.reduce(torch.stack([sums[k] for k in keys] + [tokens.float()]), reduction="sum")
+        metrics = {k: float(v) / global_pairs for k, v in zip(keys, reduced[:-1])}
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
+
+        done = step + 1
+        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
+            run.tracker.log(
+                {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                 "tokens_per_s": float(reduced[-1]) / max(time.time() - t0, 1e-9), **skipped.as_dict()},
+                step=done,
+            )
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
+            run.tracker.log({f"eval/{k}": v for k, v in evaluate_rm().items()}, step=done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
+            save(done)
+    bar.close()
+
+    # ---- save -----------------------------------------------------------------------------------
+    save(cfg.train.steps)
+    if run.is_main:
+        out = base.save_role(ROLE, run.run_dir / "reward")
+        tokenizer.save_pretrained(out)
+    eval_after = evaluate_rm()
+    run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
+    memory: dict[str, Any] = _merge_memory(*[r for r in (memory_after_backward, memory_report(base, optimizer)) if r])
+    memory.update(peak_measured=peak_memory_bytes(),
+                  peak_kind="cuda_max_allocated" if torch.cuda.is_available() else "cpu_process_max_rss")
+    run.tracker.log({f"memory/{k}": v for k, v in memory.items()}, step=cfg.train.steps)
+    result = summary(run, eval_before, eval_after, trainable, total, {
+        "pairwise_accuracy_before": eval_before.get("pairs/accuracy"),
+        "pairwise_accuracy_after": eval_after.get("pairs/accuracy"),
+        "margin_loss": cfg.reward.margin,
+        "skipped_rows": skipped.total,
+        "skipped": skipped.as_dict(),
+        "memory_bytes": memory,
+        "reward_dir": str(run.run_dir / "reward"),
+    })
+    run.tracker.finish(result)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(str(run.run_dir), base, result)
