@@ -4,7 +4,7 @@
     align build-base --force         # rebuild
 
 Steps, all deterministic: (1) the built-in char-level tokenizer and a random Llama-style init
-(`scratch:<size>`, seed 0); (2) full-mode training of every token of the task world's noisy
+(`scratch:<size>`, seed 0); (2) full-mode training on the completions of the task world's noisy
 pretraining corpus with the toolkit's own SFT trainer, using `recipes/base_tiny_arith.yaml`'s
 settings (kept here too, so an installed package needs no checkout; a test checks they agree);
 (3) the final model and tokenizer are moved into the cache atomically.
@@ -30,26 +30,53 @@ BASE_RECIPES: dict[str, list[str]] = {
         "mode=full",
         "model=scratch:tiny-arith",
         "data.task=pretrain",
-        "data.num_train=60000",
+        "data.num_train=50000",
         "data.max_length=64",
-        "sft.completion_only_loss=false",
+        "sft.completion_only_loss=true",
         "optimizer.lr=0.003",
+        "optimizer.beta2=0.98",
         "optimizer.schedule=cosine",
-        "optimizer.warmup_steps=50",
+        "optimizer.warmup_steps=100",
         "optimizer.weight_decay=0.01",
-        "train.steps=1500",
-        "train.batch_size=64",
+        "train.steps=3000",
+        "train.batch_size=32",
         "train.log_every=100",
         "train.seed=0",
+        "train.threads=2",
         "eval.enabled=false",
         "tracking.wandb=false",
     ],
 }
 
 
+def _fingerprint(obj) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def base_fingerprint(name: str) -> str:
+    """Changes whenever the base's recipe or model size changes, so a stale cache is rebuilt."""
+    from align.tasks.base_model import MODEL_SIZES
+
+    return _fingerprint({"recipe": BASE_RECIPES[name], "sizes": MODEL_SIZES})
+
+
+def is_built(name: str) -> bool:
+    info = builtin_base_dir(name) / "BUILD_INFO.json"
+    if not info.exists():
+        return False
+    import json
+
+    return json.loads(info.read_text()).get("fingerprint") == base_fingerprint(name)
+
+
 def scratch_model_dir(size: str) -> str:
     """A random-init model of a built-in size with the built-in tokenizer (seed 0), cached."""
-    path = align_home() / "init" / size
+    from align.tasks.base_model import MODEL_SIZES
+
+    path = align_home() / "init" / f"{size}-{_fingerprint(MODEL_SIZES.get(size))}"
     if (path / "config.json").exists():
         return str(path)
     import torch
@@ -81,7 +108,7 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     if name not in BASE_RECIPES:
         raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BASE_RECIPES)}")
     final = builtin_base_dir(name)
-    if (final / "config.json").exists() and not force:
+    if is_built(name) and not force:
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
@@ -90,9 +117,12 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     cfg = load_recipe(None, BASE_RECIPES[name] + [f"output_dir={work / 'run'}"])
     run_dir = Path(train_sft(cfg).run_dir)
     shutil.copytree(run_dir / "model", work / "model")
-    (work / "model" / "BUILD_INFO.txt").write_text(
-        f"built by align build-base in {time.time() - t0:.0f}s with:\n" + "\n".join(BASE_RECIPES[name]) + "\n"
-    )
+    import json
+
+    (work / "model" / "BUILD_INFO.json").write_text(json.dumps({
+        "name": name, "fingerprint": base_fingerprint(name), "build_seconds": round(time.time() - t0, 1),
+        "recipe": BASE_RECIPES[name],
+    }, indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(work / "model", final)

@@ -79,7 +79,7 @@ class TrainSettings:
 @dataclass
 class EvalSettings:
     num_prompts: int = _f(128, "Prompts for task evaluation (greedy and sampled).")
-    max_new_tokens: int = _f(12, "Tokens generated per evaluation response.")
+    max_new_tokens: int = _f(20, "Tokens generated per evaluation response (padded answers run to ~19).")
     enabled: bool = _f(True, "Run task evaluation before and after training.")
 
 

@@ -33,10 +33,10 @@ def resolve_model_path(name: str) -> str:
 
         if name not in BUILTIN_BASES:
             raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BUILTIN_BASES)}")
-        path = builtin_base_dir(name)
-        if not (path / "config.json").exists():
-            from align.build_base import build_base
+        from align.build_base import build_base, is_built
 
+        path = builtin_base_dir(name)
+        if not is_built(name):  # not built yet, or built by an older recipe
             build_base(name)
         return str(path)
     if name.startswith("scratch:"):

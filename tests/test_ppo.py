@@ -190,5 +190,7 @@ def test_answers_from_files_and_gsm8k_text(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"question": f"Q: {a}+1=? A:", "answer": f"#### {a + 1}"}) + "\n" for a in range(8)))
     result = run(tmp_path, "file", "train.steps=1", "data.task=null", f"data.train_file={prompts}",
-                 "ppo.prompt_field=question")
+                 f"data.eval_file={prompts}", "ppo.prompt_field=question", "eval.enabled=true", "eval.num_prompts=4")
     assert curve(result.run_dir, "reward/score")
+    summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
+    assert set(summary["eval_after"]) >= {"reward_greedy", "reward_sampled", "no_stop_fraction"}

@@ -1,10 +1,12 @@
 """The built-in verifiable task: GSM8K-lite arithmetic with exactly checkable answers.
 
 What it does:
-- defines the offline "world" every built-in task shares: problems `a+b` and `a-b` (a >= b) with
-  a in 0..`max_operand` (99) and b in 0..`max_second_operand` (9), a fixed train/eval split by hashing the problem text (disjoint,
-  independent of any seed), the prompt format `"Q: 23+45=? A:"` and the completion format
-  `" 68"` (callers append EOS; strings never contain it);
+- defines the offline "world" every built-in task shares: problems `a+b` and `a-b` (a >= b)
+  with a in 0..`max_operand` (99) and b in 0..`max_second_operand` (9), a fixed train/eval split
+  by hashing the problem text (disjoint, independent of any seed), the prompt format
+  `"Q: 53+7=? A:"` and the completion format `" 60"` (callers append EOS; strings never
+  contain it). A second operand of one digit keeps the world learnable by a ~1M-parameter model
+  in CPU minutes while the answer still needs a carry or borrow;
 - `arithmetic_prompts`, `arithmetic_sft_rows`, `arithmetic_preference_rows`: seeded samples of a
   split (prompts with answers, correct demonstrations, correct-vs-wrong pairs);
 - `extract_answer` / `is_correct`: the verifier (last integer of the completion);

@@ -139,24 +139,6 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, accelerato
     return float(norm)
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
-    """Sum each parameter's gradient over processes (no-op with one process).
-
-    For trainers that do not wrap the model in DDP (role switching on a SharedBase): each process
-    backpropagates its share of the GLOBAL-batch loss, so the sum is the global gradient."""
-    if accelerator.num_processes == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
-
-
 def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float]:
     """Task evaluation (greedy and sampled accuracy, gold score, length) on the main process."""
     cfg = run.cfg

@@ -14,8 +14,9 @@ One step, for every micro-batch of pairs (chosen rows then rejected rows, one fo
     loss           PREFERENCE_LOSSES[dpo.loss_type], a mean over the micro-batch, rescaled by
                    micro / global batch so that the sum over micro-batches and processes is the
                    mean over the GLOBAL batch: batch 8 == 4 x 2 accumulation == 2 processes x 4.
-Gradients of the policy parameters are summed over processes by an explicit all-reduce (no DDP
-wrapper: role switching inside a DDP forward is not something DDP is built for).
+Gradients of the policy parameters are averaged over processes by an explicit all-reduce
+(`common.all_reduce_gradients`; no DDP wrapper: role switching inside a DDP forward is not what
+DDP is built for).
 
 Log-probs are computed from the final hidden states, projecting through the LM head only the
 positions that predict a completion token (prompt and padding positions never build a
@@ -223,8 +224,9 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
             if train_ref is not None:
                 ref_2B = torch.tensor([train_ref[r][0] for r in micro_rows] + [train_ref[r][1] for r in micro_rows], device=acc.device)
             loss, stats, n = dpo_loss_on_batch(base, batch, loss_fn, cfg, ref_2B)
-            # micro-batch mean x (micro pairs / global pairs): the terms sum to the global mean
-            (loss * (n / global_pairs)).backward()
+            # micro-batch mean x (micro pairs / global pairs) sums to the global-batch mean over
+            # micro-batches and processes; x world because all_reduce_gradients AVERAGES over processes.
+            (loss * (n * run.world / global_pairs)).backward()
             for k, v in {"loss": loss.detach(), **stats}.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * n
             tokens += batch["attention_mask"].sum()

@@ -16,8 +16,9 @@ PPO" (Huang et al.), see `align.trainers.ppo_rollout`:
     experience  old/reference log-probs and values under no_grad; r_t = -kl_coef KL_t + score at
                 the last token; GAE; whitened advantages
     update      `ppo.ppo_epochs` passes of minibatches (`ppo.minibatch_size` rows, split over
-                processes): clipped surrogate + clipped value loss, gradients averaged over
-                processes (`all_reduce_gradients`, no DDP wrapper: roles switch inside one step),
+                processes): clipped surrogate + clipped value loss; each process backpropagates
+                the mean over its equal share and `all_reduce_gradients` averages the gradients
+                (no DDP wrapper: roles switch inside one step),
                 clipped to `optimizer.max_grad_norm`, one AdamW with a policy and a value group
                 (`ppo.value_lr`); the LR schedule runs over every optimizer step of the run
     control     the adaptive KL controller (if on) moves kl_coef towards `ppo.kl_target`
@@ -48,7 +49,8 @@ from align.trainers.common import (
     TrainResult, all_reduce_gradients, clip_and_step, evaluate, make_scheduler, start_run, summary,
 )
 from align.trainers.ppo_rollout import (
-    LEARNED, build_training_reward, collect_experience, load_prompt_rows, parse_reward_spec, ppo_minibatch_loss,
+    LEARNED, build_training_reward, collect_experience, evaluate_prompts, load_prompt_rows, parse_reward_spec,
+    ppo_minibatch_loss,
 )
 from align.tracking import progress
 
@@ -153,9 +155,15 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                             save_adapter=save_roles if cfg.mode == "lora" else None)
         acc.wait_for_everyone()
 
+    eval_rows = load_prompt_rows(cfg, "eval") if cfg.data.task is None and cfg.eval.enabled else []
+
     def evaluate_policy() -> dict[str, float]:
         with base.role("policy") as policy_model:  # generation with the policy adapter active
-            return evaluate(run, policy_model, tokenizer)
+            metrics = evaluate(run, policy_model, tokenizer)  # built-in task: greedy/sampled accuracy
+        if eval_rows:  # a prompt file: the training reward of greedy/sampled responses
+            metrics = evaluate_prompts(base, eval_rows, reward_fn, cfg, eos_ids) if run.is_main else {}
+            acc.wait_for_everyone()
+        return metrics
 
     run.print(
         f"ppo {cfg.mode}: {trainable:,} trainable of {total:,} parameters (policy + value); reward {ppo.reward}"
@@ -187,7 +195,9 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                 batch = exp.rows(order[start : start + local_minibatch])
                 loss, stats = ppo_minibatch_loss(base, batch, exp.prompt_width, cfg)
                 loss.backward()
-                all_reduce_gradients(params, acc)  # averaged: each process holds a mean over its rows
+                # Each process holds an equal share of the minibatch and the mean over it; the
+                # average of those gradients over processes is the gradient of the global mean.
+                all_reduce_gradients(params, acc)
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -213,7 +223,9 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
             run.tracker.log(metrics, step=done)
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            run.tracker.log({f"eval/{k}": v for k, v in evaluate_policy().items()}, step=done)
+            metrics = evaluate_policy()
+            if metrics:
+                run.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
             save(done)
     bar.close()

@@ -291,6 +291,28 @@ def collect_experience(base, rows: list[dict], reward_fn, gold_fn, kl_coef: floa
                       advantages_BT, returns_BT, score_B, rollout.stopped_B.to(base.device), stats, rollout.texts)
 
 
+@torch.no_grad()
+def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_token_ids: list[int]) -> dict[str, float]:
+    """Mean training reward of greedy and sampled (temperature 1) responses to held-out prompts:
+    the evaluation of prompt files, where no built-in task can check the answers."""
+    rows = rows[: cfg.eval.num_prompts]
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    rendered = render_prompts(prompts, base.tokenizer, cfg.ppo.chat_template)
+    out: dict[str, float] = {}
+    for kind, sample in (("greedy", False), ("sampled", True)):
+        rollout = base.generate(
+            "policy", rendered, max_new_tokens=cfg.eval.max_new_tokens, do_sample=sample, temperature=1.0,
+            batch_size=cfg.ppo.forward_batch_size, seed=cfg.train.seed, add_special_tokens=not cfg.ppo.chat_template,
+            eos_token_ids=eos_token_ids, progress=False,
+        )
+        scores = reward_fn(prompts, rollout.texts, answers=answers, response_lengths=rollout.response_lengths_B.tolist()).scores
+        out[f"reward_{kind}"] = _mean(scores)
+        if sample:
+            out["mean_response_length"] = float(rollout.response_lengths_B.float().mean())
+            out["no_stop_fraction"] = float((~rollout.stopped_B).float().mean())
+    return out
+
+
 # ---------------------------------------------------------------- loss
 
 

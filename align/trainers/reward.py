@@ -11,8 +11,8 @@ of the base and a head). One step, for every micro-batch of preference pairs:
     loss      Bradley-Terry, -log sigmoid(r_c - r_r [- margin]), a mean over the micro-batch,
               rescaled by micro / global pairs so that the sum over micro-batches and processes
               is the mean over the GLOBAL batch (batch 8 == 4 x 2 accumulation == 2 processes x 4)
-Gradients of the adapter and head are summed over processes by an explicit all-reduce (the head
-lives outside the model, so no DDP wrapper).
+Gradients of the adapter and head are averaged over processes by an explicit all-reduce
+(`common.all_reduce_gradients`; the head lives outside the model, so no DDP wrapper).
 
 Logged per step: loss, pairwise accuracy (r_c > r_r), mean margin r_c - r_r, mean chosen and
 rejected scores. Held-out pairs (`data.eval_file`, or the built-in task's eval split) are scored
@@ -189,8 +189,9 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
             batch = {k: v.to(acc.device) for k, v in collate_pairs([train_examples[r] for r in micro_rows], pad_id).items()}
             chosen_B, rejected_B = pair_scores(base, batch)
             loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(train_margins, micro_rows, acc.device))
-            # micro-batch mean x (micro pairs / global pairs): the terms sum to the global mean
-            (loss * (len(micro_rows) / global_pairs)).backward()
+            # micro-batch mean x (micro pairs / global pairs) sums to the global-batch mean over
+            # micro-batches and processes; x world because all_reduce_gradients AVERAGES over processes.
+            (loss * (len(micro_rows) * run.world / global_pairs)).backward()
             for k, v in {"loss": loss.detach(), **stats}.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * len(micro_rows)
             tokens += batch["attention_mask"].sum()

@@ -1,0 +1,313 @@
+"""LoRA-vs-FullFT parity study of one method: rank x learning-rate x seed sweep, table and plots.
+
+    OMP_NUM_THREADS=1 python scripts/parity.py dpo            # the full study (~45 min on 2 cores)
+    OMP_NUM_THREADS=1 python scripts/parity.py dpo --smoke    # 1 seed, 2 LRs, 2 configs, few steps
+
+For every configuration of the study (FullFT, and LoRA on all layers at ranks 1, 4, 8), every
+learning rate of that configuration's grid and every seed, ONE training run is a separate process
+(`python -m align.cli train RECIPE overrides... output_dir=...`), one torch thread each, at most
+`--jobs` (default 2) at a time. A run whose summary.json exists is not run again, so an
+interrupted study continues where it stopped. Run folders go under `runs/parity_<method>/`
+(gitignored); the outputs go to `results/parity_<method>/` (`--smoke`: `..._smoke`):
+
+    table.md, table.csv   per configuration, at its best LR (the LR with the best seed-mean final
+                          metric): the final metric as mean +- std over seeds, the secondary
+                          metrics, the best LR, peak memory (max over those runs; CPU: process
+                          peak RSS) and trainable parameters. A best LR at the edge of its grid
+                          is flagged "EDGE" in the table and printed as a warning: the grid must
+                          then be extended, the optimum may lie outside it.
+    metric_vs_lr.png      final metric against LR (log scale), one curve per configuration,
+                          seed mean with std error bars
+    curves.png            the metric against training step at each configuration's best LR
+                          (seed mean, shaded std)
+
+A study is an entry of `STUDIES`: the recipe, shared overrides, the configurations with their LR
+grids, seeds, the metric read from `summary.json` (`eval_after`) and from `metrics.jsonl` (the
+learning curve), and its smoke variant. Adding a method (e.g. `ppo`) means adding an entry; this
+file has no per-method code.
+
+DPO: the metric is the gold score of sampled completions (temperature 1) on held-out prompts of
+the built-in preference task (`gold_score_sampled`); also reported: the implicit-reward accuracy
+on held-out preference pairs (`pairs/rewards/accuracies`) and sampled accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Configuration:
+    """One line of the table: a mode (and LoRA rank) with its learning-rate grid."""
+
+    name: str
+    overrides: list[str]
+    lrs: list[float]
+
+
+@dataclass
+class Study:
+    recipe: str
+    overrides: list[str]
+    configurations: list[Configuration]
+    seeds: list[int]
+    metric: str  # key of summary.json's eval_after (higher is better), and of metrics.jsonl as eval/<metric>
+    metric_label: str
+    secondary: list[str] = field(default_factory=list)  # more eval_after keys reported beside it
+    smoke_overrides: list[str] = field(default_factory=list)
+    smoke_configurations: list[str] = field(default_factory=list)  # names kept in --smoke
+    smoke_lr_indices: tuple[int, int] = (0, -1)
+
+
+def _lora(rank: int, lrs: list[float]) -> Configuration:
+    return Configuration(f"lora_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all"], lrs)
+
+
+FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4]  # 30x; each grid point x ~3.16
+LORA_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # centred 10x FullFT's (the "LoRA Without Regret" rule)
+
+STUDIES: dict[str, Study] = {
+    "dpo": Study(
+        recipe="recipes/dpo_lora.yaml",
+        overrides=[
+            "optimizer.lr_rule=false",  # every LR here is the LR actually used
+            "train.steps=40", "train.batch_size=32", "train.log_every=5", "train.eval_every=20",
+            "eval.num_prompts=256", "data.num_eval=256", "tracking.wandb=false", "train.threads=1",
+        ],
+        configurations=[
+            Configuration("full", ["mode=full"], FULL_DPO_LRS),
+            _lora(1, LORA_DPO_LRS),
+            _lora(4, LORA_DPO_LRS),
+            _lora(8, LORA_DPO_LRS),
+        ],
+        seeds=[0, 1, 2],
+        metric="gold_score_sampled",
+        metric_label="gold score of sampled completions (held-out prompts)",
+        secondary=["pairs/rewards/accuracies", "accuracy_sampled"],
+        smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
+                         "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"],
+        smoke_configurations=["full", "lora_r4"],
+    ),
+}
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def run_name(config: Configuration, lr: float, seed: int) -> str:
+    return f"{config.name}-lr{lr:.0e}-s{seed}"
+
+
+def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: Path, extra: list[str]) -> Path:
+    out = runs_dir / run_name(config, lr, seed)
+    if (out / "summary.json").exists():
+        return out
+    if out.exists():  # an interrupted run: start it again from scratch
+        import shutil
+
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "align.cli", "train", study.recipe, *study.overrides, *extra, *config.overrides,
+           f"optimizer.lr={lr}", f"train.seed={seed}", f"output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / f"{out.name}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr[-20000:])
+    status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {runs_dir / (out.name + '.log')})"
+    print(f"  {out.name}: {status} in {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+# ---- collecting ---------------------------------------------------------------------------------
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _curve(run_dir: Path, key: str) -> dict[int, float]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if key in row:
+            out[row["step"]] = float(row[key])
+    return out
+
+
+def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list[dict]:
+    rows = []
+    for config in configs:
+        per_lr = {}
+        for lr in config.lrs:
+            summaries = []
+            for seed in seeds:
+                path = runs_dir / run_name(config, lr, seed) / "summary.json"
+                if path.exists():
+                    summaries.append((seed, json.loads(path.read_text())))
+            per_lr[lr] = summaries
+        scored = {lr: _mean_std([s["eval_after"][study.metric] for _, s in ss]) for lr, ss in per_lr.items() if ss}
+        if not scored:
+            continue
+        best_lr = max(scored, key=lambda lr: scored[lr][0])
+        best = per_lr[best_lr]
+        edge = len(config.lrs) > 1 and best_lr in (config.lrs[0], config.lrs[-1])
+        row = {
+            "configuration": config.name,
+            "best_lr": best_lr,
+            "edge": "EDGE" if edge else "",
+            "metric_mean": scored[best_lr][0],
+            "metric_std": scored[best_lr][1],
+            "metric_before": statistics.fmean(s["eval_before"].get(study.metric, math.nan) for _, s in best),
+            "seeds": len(best),
+            "peak_memory_mb": max(s["peak_memory_bytes"] for _, s in best) / 2**20,
+            "trainable_parameters": best[0][1]["trainable_parameters"],
+            "wall_time_s": statistics.fmean(s["wall_time_s"] for _, s in best),
+            "by_lr": {lr: scored[lr] for lr in config.lrs if lr in scored},
+            "curves": [_curve(runs_dir / run_name(config, best_lr, seed), f"eval/{study.metric}") for seed, _ in best],
+        }
+        for key in study.secondary:
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([s["eval_after"].get(key, math.nan) for _, s in best])
+        rows.append(row)
+    return rows
+
+
+# ---- reporting ----------------------------------------------------------------------------------
+
+def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["configuration", "best_lr", "edge", "metric_mean", "metric_std", "metric_before"]
+    for key in study.secondary:
+        columns += [f"{key}_mean", f"{key}_std"]
+    columns += ["seeds", "peak_memory_mb", "trainable_parameters", "wall_time_s"]
+    with open(out_dir / "table.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns + ["metric_by_lr"])
+        for row in rows:
+            by_lr = "; ".join(f"{lr:g}:{m:.4f}+-{s:.4f}" for lr, (m, s) in row["by_lr"].items())
+            writer.writerow([row[c] for c in columns] + [by_lr])
+    full = next((r for r in rows if r["configuration"] == "full"), None)
+    header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", "before"]
+    header += [f"{k} (mean ± std)" for k in study.secondary]
+    header += ["seeds", "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
+    lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        diff = row["metric_mean"] - full["metric_mean"] if full else math.nan
+        cells = [row["configuration"], f"{row['best_lr']:g}" + (" **EDGE**" if row["edge"] else ""),
+                 f"{row['metric_mean']:.3f} ± {row['metric_std']:.3f}", f"{diff:+.3f}", f"{row['metric_before']:.3f}"]
+        cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
+        cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}", f"{row['trainable_parameters']:,}",
+                  ", ".join(f"{lr:g}: {m:.3f}" for lr, (m, _) in row["by_lr"].items())]
+        lines.append("| " + " | ".join(cells) + " |")
+    edges = [r["configuration"] for r in rows if r["edge"]]
+    if edges:
+        lines += ["", f"**WARNING: the best LR of {', '.join(edges)} is at the edge of its grid; extend the grid.**"]
+    text = "\n".join(lines) + "\n"
+    (out_dir / "table.md").write_text(text)
+    return text
+
+
+def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in rows:
+        lrs = list(row["by_lr"])
+        means = [row["by_lr"][lr][0] for lr in lrs]
+        stds = [row["by_lr"][lr][1] for lr in lrs]
+        ax.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, label=row["configuration"])
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(study.metric)
+    ax.set_title(f"{title}: final {study.metric} vs LR", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "metric_vs_lr.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in rows:
+        steps = sorted(set().union(*[c.keys() for c in row["curves"]]))
+        if not steps:
+            continue
+        values = [[c[s] for c in row["curves"] if s in c] for s in steps]
+        means = [statistics.fmean(v) for v in values]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        ax.plot(steps, means, marker="o", label=f"{row['configuration']} (lr {row['best_lr']:g})")
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel(study.metric)
+    ax.set_title(f"{title}: learning curves at each best LR", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("method", choices=sorted(STUDIES))
+    parser.add_argument("--smoke", action="store_true", help="1 seed, 2 LRs, 2 configurations, a few steps")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--runs-dir", default=None, help="default: runs/parity_<method>[_smoke]")
+    parser.add_argument("--out", default=None, help="default: results/parity_<method>[_smoke]")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    args = parser.parse_args(argv)
+
+    study = STUDIES[args.method]
+    suffix = "_smoke" if args.smoke else ""
+    runs_dir = Path(args.runs_dir or REPO / "runs" / f"parity_{args.method}{suffix}").resolve()
+    out_dir = Path(args.out or REPO / "results" / f"parity_{args.method}{suffix}").resolve()
+    configs, seeds, extra = study.configurations, study.seeds, []
+    if args.smoke:
+        keep = set(study.smoke_configurations)
+        configs = [Configuration(c.name, c.overrides, [c.lrs[i] for i in study.smoke_lr_indices]) for c in configs if c.name in keep]
+        seeds, extra = seeds[:1], study.smoke_overrides
+
+    jobs = [(c, lr, s) for c in configs for lr in c.lrs for s in seeds]
+    if not args.report_only:
+        print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
+        t0 = time.time()
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra), jobs))
+        print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+    rows = collect(study, configs, seeds, runs_dir)
+    missing = len(jobs) - sum(1 for c, lr, s in jobs if (runs_dir / run_name(c, lr, s) / "summary.json").exists())
+    title = f"parity {args.method}" + (" (smoke)" if args.smoke else "")
+    text = write_tables(study, rows, out_dir, title)
+    write_plots(study, rows, out_dir, title)
+    print(text)
+    for row in rows:
+        if row["edge"]:
+            print(f"WARNING: {row['configuration']}: best LR {row['best_lr']:g} is at the EDGE of its grid "
+                  f"{row['by_lr'] and list(row['by_lr'])}; extend the grid", file=sys.stderr)
+    if missing:
+        print(f"WARNING: {missing} of {len(jobs)} runs failed or are missing", file=sys.stderr)
+    print(f"wrote {out_dir / 'table.md'}, table.csv, metric_vs_lr.png, curves.png")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""`scripts/bench_memory.py --quick`: the table's format, the last line, and LoRA's peak below full's.
+
+Runs the benchmark as a user would (a subprocess; it starts one process per case itself) on its
+6M-parameter config: about a minute on 2 CPU cores, most of it importing torch five times.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+
+def test_bench_memory_quick(repo):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bench_memory.py"), "--quick"],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"peak memory ratio lora/full: \d\.\d\d", lines[-1]), lines[-1]
+    assert any(line.startswith("baseline") and "MiB" in line for line in lines)
+    rows = {}
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] in ("lora", "full") and len(parts) >= 6:
+            rows[parts[0]] = {"params": int(parts[2].replace(",", "")), "peak": float(parts[3].replace(",", "")),
+                              "accounted": float(parts[5].replace(",", ""))}
+    assert set(rows) == {"lora", "full"}
+    assert rows["lora"]["params"] == rows["full"]["params"] > 1_000_000
+    assert rows["lora"]["peak"] < rows["full"]["peak"]
+    assert rows["lora"]["accounted"] < rows["full"]["accounted"]
+    ratio = float(lines[-1].rsplit(" ", 1)[1])
+    assert ratio == round(rows["lora"]["peak"] / rows["full"]["peak"], 2) or abs(ratio - rows["lora"]["peak"] / rows["full"]["peak"]) < 0.011

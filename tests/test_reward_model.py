@@ -1,0 +1,236 @@
+"""Reward-model trainer and LearnedReward on a tiny random model (`scratch:test`).
+
+What trains and what must not, the saved role round trip onto a FRESH SharedBase, the
+`RewardFunction` interface, full mode on the same code, bad preference rows through the trainer,
+exact resume and accumulation invariance, and the recipe as a user runs it. A few steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from align.config import load_recipe
+from align.data.batching import collate_pairs
+from align.data.loading import DataError, SkipCounter, load_examples
+from align.models import load_model_and_tokenizer
+from align.shared_base import SharedBase
+from align.trainers.reward import train_reward
+from reward_models import LearnedReward, RewardFunction, build_reward, load_learned_reward
+
+FAST = [
+    "method=reward", "model=scratch:test", "data.task=preference", "data.num_train=64", "data.num_eval=32",
+    "train.batch_size=8", "train.log_every=1", "optimizer.lr=0.01", "optimizer.warmup_steps=0",
+    "eval.enabled=false", "tracking.wandb=false", "lora.rank=4",
+]
+PROMPTS = ["Q: 23+45=? A:", "Q: 9-4=? A:", "Q: 23+45=? A:"]
+COMPLETIONS = [" 68", " um so it is 5", " 12"]
+
+
+def run(tmp_path, name, *overrides):
+    return train_reward(load_recipe(None, FAST + [f"output_dir={tmp_path / name}", *overrides]))
+
+
+def metric_rows(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def losses(run_dir):
+    return [r["loss"] for r in metric_rows(run_dir) if "loss" in r]
+
+
+def eval_scores(base: SharedBase, tokenizer, n: int = 16) -> torch.Tensor:
+    cfg = load_recipe(None, FAST)
+    pairs = load_examples(cfg.data, tokenizer, "pairs", "eval", 0, SkipCounter())[:n]
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        return base.scores("reward", batch["input_ids"], batch["attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short LoRA reward-model run, shared by the tests that only read it."""
+    return run(tmp_path_factory.mktemp("rm"), "lora", "train.steps=6", "train.eval_every=3")
+
+
+def test_bradley_terry_trains_only_the_reward_adapter_and_head(trained):
+    fresh, _ = load_model_and_tokenizer("scratch:test")
+    before = fresh.state_dict()
+    base: SharedBase = trained.model
+    after = {k.replace(".base_layer", ""): v for k, v in base.model.state_dict().items() if "lora_" not in k}
+    assert set(after) == set(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"base weight {key} changed"
+    lora_b = [v for k, v in base.model.state_dict().items() if "lora_B.reward" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero, so it trained
+    assert base.roles == ["reward"]
+    assert {id(p) for p in base.trainable_parameters("reward")} == {
+        id(p) for p in base.adapter_parameters("reward") + list(base.head("reward").parameters())
+    }
+    summary = trained.summary
+    assert summary["method"] == "reward" and summary["mode"] == "lora"
+    # the loss went down over six steps at this learning rate, and held-out pairs were scored
+    assert summary["eval_after"]["pairs/loss"] < summary["eval_before"]["pairs/loss"]
+    assert 0.0 <= summary["pairwise_accuracy_before"] <= 1.0 and 0.0 <= summary["pairwise_accuracy_after"] <= 1.0
+
+
+def test_metrics_summary_and_memory_report(trained):
+    rows = metric_rows(trained.run_dir)
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 6 and {"accuracy", "margin", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+    assert [r["step"] for r in rows if "eval/pairs/accuracy" in r] == [0, 3, 6]  # before, eval_every, end
+    memory = [r for r in rows if "memory/total" in r]
+    assert memory and memory[-1]["memory/gradients"] > 0 and memory[-1]["memory/optimizer_state"] > 0
+    summary = json.load(open(os.path.join(trained.run_dir, "summary.json")))
+    mem = summary["memory_bytes"]
+    for key in ("base_weights", "adapter_weights", "heads", "gradients", "optimizer_state", "total", "peak_measured"):
+        assert mem[key] > 0, key
+    # LoRA: adapters + head are small next to the frozen base, and Adam keeps two moments of them
+    assert mem["adapter_weights"] < mem["base_weights"]
+    assert mem["optimizer_state"] >= 2 * (mem["adapter_weights"] + mem["heads"])
+    for name in ("reward/adapter_config.json", "reward/adapter_model.safetensors", "reward/head.safetensors", "config.yaml"):
+        assert os.path.exists(os.path.join(trained.run_dir, name)), name
+
+
+def test_saved_reward_role_round_trips_onto_a_fresh_shared_base(trained):
+    model, tokenizer = load_model_and_tokenizer("scratch:test")
+    fresh = SharedBase(model, tokenizer, mode="lora")
+    reward = load_learned_reward(trained.run_dir, fresh)  # a run directory is accepted ...
+    assert not fresh.is_trainable("reward")
+    assert torch.equal(eval_scores(fresh, tokenizer), eval_scores(trained.model, tokenizer))
+    model2, _ = load_model_and_tokenizer("scratch:test")
+    other = SharedBase(model2, tokenizer, mode="lora")
+    load_learned_reward(os.path.join(trained.run_dir, "reward"), other)  # ... and so is the role dir
+    assert reward(PROMPTS, COMPLETIONS).scores == LearnedReward(other)(PROMPTS, COMPLETIONS).scores
+    # the adapter is plain peft: PeftModel.from_pretrained loads it
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(load_model_and_tokenizer("scratch:test")[0], os.path.join(trained.run_dir, "reward"))
+    with pytest.raises(FileNotFoundError, match="reward-model run directory"):
+        load_learned_reward(os.path.join(trained.run_dir, "checkpoints"), fresh)
+    with pytest.raises(ValueError, match="lora-mode reward model"):
+        load_learned_reward(trained.run_dir, SharedBase(load_model_and_tokenizer("scratch:test")[0], tokenizer, mode="full"))
+
+
+def test_learned_reward_interface_on_hand_examples(trained):
+    model, tokenizer = load_model_and_tokenizer("scratch:test")
+    base = SharedBase(model, tokenizer, mode="lora")
+    reward = load_learned_reward(trained.run_dir, base, batch_size=2)
+    assert isinstance(reward, RewardFunction) and reward.name == "learned"
+    out = reward(PROMPTS, COMPLETIONS, answers=[68, 5, 68])
+    assert len(out.scores) == 3 and all(isinstance(s, float) for s in out.scores)
+    assert out.scores == reward(PROMPTS, COMPLETIONS).scores  # deterministic
+    assert out.scores[0] == reward(PROMPTS[:1], COMPLETIONS[:1]).scores[0]  # batch composition does not matter
+    assert out.scores[0] != out.scores[1]
+    # the same as scoring the project's token convention by hand: prompt ids + completion ids + EOS
+    ids = tokenizer(PROMPTS[1])["input_ids"] + tokenizer(COMPLETIONS[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert reward.encode(PROMPTS[1], COMPLETIONS[1]) == ids
+    by_hand = base.scores("reward", torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert out.scores[1] == pytest.approx(float(by_hand), abs=1e-6)
+    assert out.info["reward_tokens"][1] == len(ids)
+    assert build_reward({"name": "learned", "shared_base": base})(PROMPTS, COMPLETIONS).scores == pytest.approx(out.scores, abs=1e-6)
+    with pytest.raises(ValueError, match="completions"):
+        reward(PROMPTS, COMPLETIONS[:2])
+    with pytest.raises(KeyError, match="no 'reward' role"):
+        LearnedReward(SharedBase(load_model_and_tokenizer("scratch:test")[0], tokenizer))
+
+
+def test_full_mode_runs_the_same_code_and_round_trips(tmp_path):
+    result = run(tmp_path, "full", "mode=full", "train.steps=2")
+    base: SharedBase = result.model
+    assert result.summary["mode"] == "full" and result.summary["lora_rank"] is None
+    assert os.path.exists(os.path.join(result.run_dir, "reward", "model.safetensors"))
+    fresh, _ = load_model_and_tokenizer("scratch:test")
+    trained_copy = base.role_model("reward").state_dict()
+    changed = [k for k, v in fresh.state_dict().items() if not torch.equal(trained_copy[k], v)]
+    assert changed and all(torch.equal(v, fresh.state_dict()[k]) for k, v in base.model.state_dict().items())
+    mem = result.summary["memory_bytes"]
+    assert mem["adapter_weights"] == 0 and mem["gradients"] > 0
+    model, tokenizer = load_model_and_tokenizer("scratch:test")
+    other = SharedBase(model, tokenizer, mode="full")
+    load_learned_reward(result.run_dir, other)
+    assert torch.equal(eval_scores(other, tokenizer), eval_scores(base, tokenizer))
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+GOOD = [
+    {"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 4"},
+    {"prompt": "Q: 5+5=? A:", "chosen": " 10", "rejected": " so it is 10"},
+    {"prompt": "Q: 7-2=? A:", "chosen": " 5", "rejected": " 6"},
+]
+
+
+def test_bad_preference_rows_error_or_are_counted(tmp_path):
+    rows = GOOD[:1] + [{"prompt": "Q: 2+2=? A:", "chosen": " 4", "rejected": " 4"}] + GOOD[1:]
+    train_file = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    eval_file = _write_jsonl(tmp_path / "eval.jsonl", GOOD)
+    files = [f"data.train_file={train_file}", f"data.eval_file={eval_file}", "data.task=null", "train.batch_size=2", "train.steps=2"]
+    with pytest.raises(DataError, match=r"pairs\.jsonl: row 1: field 'rejected' is identical"):
+        run(tmp_path, "error", *files)
+    result = run(tmp_path, "skip", *files, "data.bad_rows=skip")
+    assert result.summary["skipped_rows"] == 1 and result.summary["skipped"] == {"skipped/identical_pair": 1}
+    assert all(r["skipped/identical_pair"] == 1 for r in metric_rows(result.run_dir) if "loss" in r)
+    # through the command line: one line naming file, row and field, exit status 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "align.cli", "train", os.devnull, *FAST, *files,
+                           f"output_dir={tmp_path / 'cli'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "row 1: field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_margin_column(tmp_path):
+    rows = [dict(r, margin=m) for r, m in zip(GOOD, (1.0, 0.5, 2))]
+    files = [f"data.train_file={_write_jsonl(tmp_path / 'm.jsonl', rows)}", "data.task=null", "train.batch_size=3",
+             "train.steps=1", "reward.margin=true"]
+    with_margin = run(tmp_path, "margin", *files)
+    without = run(tmp_path, "plain", *[f for f in files if not f.startswith("reward.margin")])
+    assert losses(with_margin.run_dir)[0] > losses(without.run_dir)[0]  # -log sigmoid(d - m) > -log sigmoid(d)
+    bad = _write_jsonl(tmp_path / "bad.jsonl", GOOD[:2] + [dict(GOOD[2], margin="big")])
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 2: field 'margin'"):
+        run(tmp_path, "bad", *files[1:], f"data.train_file={bad}")
+
+
+def test_gradient_accumulation_invariance(tmp_path):
+    one = losses(run(tmp_path, "b8", "train.steps=3").run_dir)
+    two = losses(run(tmp_path, "b4x2", "train.steps=3", "train.grad_accum=2").run_dir)
+    assert one == pytest.approx(two, abs=1e-5)
+
+
+def test_resume_continues_the_exact_loss_curve(tmp_path):
+    unbroken = run(tmp_path, "unbroken", "train.steps=6")
+    crashed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3").run_dir
+    ckpts = os.path.join(crashed, "checkpoints")
+    shutil.rmtree(os.path.join(ckpts, "step-000006"))
+    with open(os.path.join(ckpts, "latest"), "w") as f:
+        f.write("step-000003")
+    assert os.path.exists(os.path.join(ckpts, "step-000003", "adapter", "head.safetensors"))
+    resumed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3", "resume=true")
+    assert len(losses(resumed.run_dir)) == 6  # rows after the checkpoint were replaced, not duplicated
+    assert losses(resumed.run_dir) == pytest.approx(losses(unbroken.run_dir), abs=1e-6)
+    assert resumed.summary["pairwise_accuracy_after"] == unbroken.summary["pairwise_accuracy_after"]
+
+
+@pytest.mark.parametrize("recipe", ["rm_lora.yaml", "rm_full.yaml"])
+def test_recipe_runs_end_to_end(tmp_path, repo, recipe):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "align.cli", "train", str(repo / "recipes" / recipe), "model=scratch:test",
+         "train.steps=2", "train.batch_size=4", "data.num_train=16", "data.num_eval=8", "tracking.wandb=false",
+         f"output_dir={out}"],
+        capture_output=True, text=True, env=env, cwd=repo, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["method"] == "reward" and summary["pairwise_accuracy_after"] is not None
+    assert (out / "reward" / "head.safetensors").exists()
