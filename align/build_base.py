@@ -100,6 +100,19 @@ def scratch_model_dir(size: str) -> str:
     return str(path)
 
 
+def _evaluate_base(path: str) -> dict[str, float]:
+    """Greedy and sampled accuracy of the freshly built base on 256 held-out prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.evaluation import evaluate_task
+    from align.tasks import get_task
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    result = evaluate_task(model, tokenizer, get_task("arithmetic"), n=256, split="eval", seed=0, max_new_tokens=20)
+    return {k: round(v, 4) for k, v in result.items()}
+
+
 def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     """Build `name` if it is not cached (or `force`); return its folder."""
     from align.config import load_recipe
@@ -119,13 +132,15 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     shutil.copytree(run_dir / "model", work / "model")
     import json
 
+    build_seconds = round(time.time() - t0, 1)
+    quality = _evaluate_base(str(work / "model"))
     (work / "model" / "BUILD_INFO.json").write_text(json.dumps({
-        "name": name, "fingerprint": base_fingerprint(name), "build_seconds": round(time.time() - t0, 1),
-        "recipe": BASE_RECIPES[name],
+        "name": name, "fingerprint": base_fingerprint(name), "build_seconds": build_seconds,
+        "eval_arithmetic": quality, "recipe": BASE_RECIPES[name],
     }, indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(work / "model", final)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"built {name} in {time.time() - t0:.0f}s", flush=True)
+    print(f"built {name} in {build_seconds:.0f}s; arithmetic eval: {quality}", flush=True)
     return str(final)

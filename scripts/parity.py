@@ -78,13 +78,15 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
 
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4]  # 30x; each grid point x ~3.16
 LORA_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # centred 10x FullFT's (the "LoRA Without Regret" rule)
+FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4]
+LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 10x FullFT's grid
 
 STUDIES: dict[str, Study] = {
     "dpo": Study(
         recipe="recipes/dpo_lora.yaml",
         overrides=[
             "optimizer.lr_rule=false",  # every LR here is the LR actually used
-            "train.steps=40", "train.batch_size=32", "train.log_every=5", "train.eval_every=20",
+            "train.steps=60", "train.batch_size=32", "train.log_every=10", "train.eval_every=30",
             "eval.num_prompts=256", "data.num_eval=256", "tracking.wandb=false", "train.threads=1",
         ],
         configurations=[
@@ -99,6 +101,29 @@ STUDIES: dict[str, Study] = {
         secondary=["pairs/rewards/accuracies", "accuracy_sampled"],
         smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
                          "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"],
+        smoke_configurations=["full", "lora_r4"],
+    ),
+    # PPO on the arithmetic task with the verifiable reward (recipes/ppo_lora.yaml): policy and
+    # critic are adapters of the given rank (full: full copies); the metric is sampled accuracy.
+    "ppo": Study(
+        recipe="recipes/ppo_lora.yaml",
+        overrides=[
+            "optimizer.lr_rule=false",  # every LR here is the LR actually used (policy and value)
+            "train.eval_every=10", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+        ],
+        configurations=[
+            Configuration("full", ["mode=full"], FULL_PPO_LRS),
+            _lora(1, LORA_PPO_LRS),
+            _lora(4, LORA_PPO_LRS),
+            _lora(8, LORA_PPO_LRS),
+        ],
+        seeds=[0, 1, 2],
+        metric="accuracy_sampled",
+        metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
+        secondary=["accuracy_greedy", "mean_response_length"],
+        smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "ppo.rollout_batch_size=8",
+                         "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
+                         "eval.max_new_tokens=4"],
         smoke_configurations=["full", "lora_r4"],
     ),
 }
@@ -189,7 +214,7 @@ def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_d
 
 # ---- reporting ----------------------------------------------------------------------------------
 
-def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str) -> str:
+def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, notes: list[str] = ()) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["configuration", "best_lr", "edge", "metric_mean", "metric_std", "metric_before"]
     for key in study.secondary:
@@ -205,8 +230,8 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str) -> s
     header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", "before"]
     header += [f"{k} (mean ± std)" for k in study.secondary]
     header += ["seeds", "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
-    lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR.",
+             *[f"{n}  " for n in notes], "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         diff = row["metric_mean"] - full["metric_mean"] if full else math.nan
         cells = [row["configuration"], f"{row['best_lr']:g}" + (" **EDGE**" if row["edge"] else ""),
@@ -272,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs-dir", default=None, help="default: runs/parity_<method>[_smoke]")
     parser.add_argument("--out", default=None, help="default: results/parity_<method>[_smoke]")
+    parser.add_argument("--model", default=None, help="override the recipe's model (e.g. a pinned copy of a built-in base)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
     args = parser.parse_args(argv)
 
@@ -283,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         keep = set(study.smoke_configurations)
         configs = [Configuration(c.name, c.overrides, [c.lrs[i] for i in study.smoke_lr_indices]) for c in configs if c.name in keep]
-        seeds, extra = seeds[:1], study.smoke_overrides
+        seeds, extra = seeds[:1], list(study.smoke_overrides)
+    if args.model:
+        extra.append(f"model={args.model}")
 
     jobs = [(c, lr, s) for c in configs for lr in c.lrs for s in seeds]
     if not args.report_only:
@@ -296,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = collect(study, configs, seeds, runs_dir)
     missing = len(jobs) - sum(1 for c, lr, s in jobs if (runs_dir / run_name(c, lr, s) / "summary.json").exists())
     title = f"parity {args.method}" + (" (smoke)" if args.smoke else "")
-    text = write_tables(study, rows, out_dir, title)
+    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}.",
+             "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
+    text = write_tables(study, rows, out_dir, title, notes)
     write_plots(study, rows, out_dir, title)
     print(text)
     for row in rows:

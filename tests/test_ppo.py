@@ -98,11 +98,13 @@ def test_experience_masks_stop_at_eos_and_exclude_padding(tmp_path):
     eos_boost_V = torch.zeros(len(tokenizer))
     eos_boost_V[tokenizer.eos_token_id] = 2.0
     hook = model.lm_head.register_forward_hook(lambda module, inputs, out: out + eos_boost_V)
+    model.train()  # generation must run in eval mode and hand the modes back unchanged
     try:
         exp = collect_experience(base, prompt_rows, build_reward("arithmetic_correctness"), None, 0.1, cfg,
                                  torch.Generator().manual_seed(0), [tokenizer.eos_token_id])
     finally:
         hook.remove()
+    assert all(module.training for module in model.modules())
     P, mask_BT = exp.prompt_width, exp.response_mask_BT.bool()
     response_ids_BT = exp.input_ids_BL[:, P:]
     assert exp.stopped_B.any() and (~exp.stopped_B).any()
