@@ -76,7 +76,7 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
     return Configuration(f"lora_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all"], lrs)
 
 
-FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # 100x, x ~3.16 per point (extended up: 3e-4 was the top edge)
+FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
 LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
 FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4]
 LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 10x FullFT's grid
