@@ -39,6 +39,7 @@ class Run:
     tracker: Tracker
     derived: dict[str, Any]
     start_time: float = field(default_factory=time.time)
+    resumed_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -217,3 +218,42 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], accelerator) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         p.grad.div_(accelerator.num_processes)
+
+
+def resume_step(run: Run, named_params, optimizers: dict, schedulers: dict) -> int:
+    """With `resume=true`: restore the last checkpoint and return its step; otherwise 0.
+
+    Metrics rows from after the checkpoint are dropped: the resumed run writes them again.
+    """
+    from align.checkpoint import latest_checkpoint, load_checkpoint
+
+    if not run.cfg.resume:
+        return 0
+    ckpt = latest_checkpoint(run.run_dir)
+    if ckpt is None:
+        raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
+    state = load_checkpoint(ckpt, named_params, optimizers, schedulers)
+    run.tracker.truncate_after(state["step"])
+    run.print(f"resumed from {ckpt} at step {state['step']}")
+    run.resumed_extra = state["extra"]
+    return state["step"]
+
+
+def checkpoint_saver(run: Run, named_params, optimizers: dict, schedulers: dict, save_adapter=None, extra=None):
+    """A `save(step)` that writes a checkpoint from the main process; every process waits for it.
+
+    `save_adapter(dir)` (LoRA mode) writes the adapter in peft format inside the checkpoint;
+    `extra()` returns trainer state to keep (e.g. the KL controller).
+    """
+    from align.checkpoint import save_checkpoint
+
+    def save(step: int) -> None:
+        if run.is_main:
+            save_checkpoint(
+                run.run_dir, step, named_params, optimizers, schedulers,
+                extra=extra() if extra else None,
+                save_adapter=save_adapter if run.cfg.mode == "lora" else None,
+            )
+        run.accelerator.wait_for_everyone()
+
+    return save

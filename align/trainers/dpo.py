@@ -32,7 +32,6 @@ import time
 
 import torch
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
@@ -42,8 +41,8 @@ from align.memory import memory_report
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler,
-    start_run, summary,
+    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, count_parameters, evaluate, make_optimizer,
+    make_scheduler, resume_step, start_run, summary,
 )
 from align.tracking import progress
 
@@ -163,22 +162,9 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
 
-    start_step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(run.run_dir)
-        if ckpt is None:
-            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
-        start_step = load_checkpoint(ckpt, named_params, {"policy": optimizer}, {"policy": scheduler})["step"]
-        run.tracker.truncate_after(start_step)
-        run.print(f"resumed from {ckpt} at step {start_step}")
-
-    def save(step: int) -> None:
-        if run.is_main:
-            save_checkpoint(
-                run.run_dir, step, named_params, {"policy": optimizer}, {"policy": scheduler},
-                save_adapter=(lambda d: base.save_role("policy", d)) if cfg.mode == "lora" else None,
-            )
-        acc.wait_for_everyone()
+    optimizers, schedulers = {"policy": optimizer}, {"policy": scheduler}
+    start_step = resume_step(run, named_params, optimizers, schedulers)
+    save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role("policy", d))
 
     micro_batches_per_step = cfg.train.grad_accum
     micro_size = cfg.train.batch_size // (micro_batches_per_step * run.world)

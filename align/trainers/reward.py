@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import DataError, PairExample, SkipCounter, load_examples, pair_examples, read_rows
@@ -44,8 +43,8 @@ from align.memory import memory_report
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, clip_and_step, count_parameters, make_optimizer, make_scheduler,
-    peak_memory_bytes, start_run, summary,
+    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, count_parameters, make_optimizer,
+    make_scheduler, peak_memory_bytes, resume_step, start_run, summary,
 )
 from align.tracking import progress
 
@@ -147,22 +146,9 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
 
-    start_step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(run.run_dir)
-        if ckpt is None:
-            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
-        start_step = load_checkpoint(ckpt, named_params, {ROLE: optimizer}, {ROLE: scheduler})["step"]
-        run.tracker.truncate_after(start_step)
-        run.print(f"resumed from {ckpt} at step {start_step}")
-
-    def save(step: int) -> None:
-        if run.is_main:
-            save_checkpoint(
-                run.run_dir, step, named_params, {ROLE: optimizer}, {ROLE: scheduler},
-                save_adapter=(lambda d: base.save_role(ROLE, d)) if cfg.mode == "lora" else None,
-            )
-        acc.wait_for_everyone()
+    optimizers, schedulers = {ROLE: optimizer}, {ROLE: scheduler}
+    start_step = resume_step(run, named_params, optimizers, schedulers)
+    save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role(ROLE, d))
 
     def evaluate_rm() -> dict[str, float]:
         return eval_pairs(base, eval_examples, eval_margins, pad_id)

@@ -20,14 +20,14 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
 from align.lora import peft_lora_config
 from align.models import load_model_and_tokenizer
 from align.trainers.common import (
-    TrainResult, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler, start_run, summary,
+    TrainResult, checkpoint_saver, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler,
+    resume_step, start_run, summary,
 )
 from align.tracking import progress
 
@@ -89,22 +89,9 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
     ddp_model = acc.prepare_model(model) if run.world > 1 else model
 
-    start_step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(run.run_dir)
-        if ckpt is None:
-            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
-        start_step = load_checkpoint(ckpt, named_params, {"policy": optimizer}, {"policy": scheduler})["step"]
-        run.tracker.truncate_after(start_step)
-        run.print(f"resumed from {ckpt} at step {start_step}")
-
-    def save(step: int) -> None:
-        if run.is_main:
-            save_checkpoint(
-                run.run_dir, step, named_params, {"policy": optimizer}, {"policy": scheduler},
-                save_adapter=(lambda d: model.save_pretrained(d)) if cfg.mode == "lora" else None,
-            )
-        acc.wait_for_everyone()
+    optimizers, schedulers = {"policy": optimizer}, {"policy": scheduler}
+    start_step = resume_step(run, named_params, optimizers, schedulers)
+    save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=model.save_pretrained)
 
     run.print(
         f"sft {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train rows "
