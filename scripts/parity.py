@@ -78,8 +78,8 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
 
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
 LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
-FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4]
-LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 10x FullFT's grid
+FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the top edge of the first grid
+LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 
 STUDIES: dict[str, Study] = {
     "dpo": Study(
