@@ -2,6 +2,9 @@
 
     OMP_NUM_THREADS=1 python scripts/parity.py dpo            # the full study (~45 min on 2 cores)
     OMP_NUM_THREADS=1 python scripts/parity.py dpo --smoke    # 1 seed, 2 LRs, 2 configs, few steps
+    # a longer budget at each configuration's best LR of the study above:
+    OMP_NUM_THREADS=1 python scripts/parity.py ppo --override train.steps=60 \
+        --best-from results/parity_ppo/table.csv --runs-dir runs/parity_ppo_long --out results/parity_ppo_long
 
 For every configuration of the study (FullFT, and LoRA on all layers at ranks 1, 4, 8), every
 learning rate of that configuration's grid and every seed, ONE training run is a separate process
@@ -299,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default: results/parity_<method>[_smoke]")
     parser.add_argument("--model", default=None, help="override the recipe's model (e.g. a pinned copy of a built-in base)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra recipe override for every run, e.g. train.steps=60 (a longer budget)")
+    parser.add_argument("--best-from", default=None, metavar="TABLE.csv",
+                        help="run each configuration only at its best LR from an earlier study's table.csv")
     args = parser.parse_args(argv)
 
     study = STUDIES[args.method]
@@ -312,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds, extra = seeds[:1], list(study.smoke_overrides)
     if args.model:
         extra.append(f"model={args.model}")
+    extra += args.override
+    if args.best_from:
+        with open(args.best_from) as f:
+            best = {row["configuration"]: float(row["best_lr"]) for row in csv.DictReader(f)}
+        configs = [Configuration(c.name, c.overrides, [best[c.name]]) for c in configs if c.name in best]
 
     jobs = [(c, lr, s) for c in configs for lr in c.lrs for s in seeds]
     if not args.report_only:
@@ -324,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = collect(study, configs, seeds, runs_dir)
     missing = len(jobs) - sum(1 for c, lr, s in jobs if (runs_dir / run_name(c, lr, s) / "summary.json").exists())
     title = f"parity {args.method}" + (" (smoke)" if args.smoke else "")
-    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}.",
+    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}."
+             + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
     text = write_tables(study, rows, out_dir, title, notes)
     write_plots(study, rows, out_dir, title)
