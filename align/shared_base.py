@@ -61,7 +61,6 @@ import math
 import os
 import shutil
 import tempfile
-import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +77,12 @@ from align.logprobs import (
     sequence_logprobs,
 )
 from align.lora import peft_lora_config
+from align.role_helpers import (
+    HEAD_FILE, CheckpointContextFn, hidden_size, load_full_weights, read_head_state, save_head,
+)
 
 ROLES = ("policy", "reference", "reward", "value")
 MODES = ("lora", "full")
-HEAD_FILE = "head.safetensors"
 ROLE_FILE = "align_role.json"
 DEFAULT_LORA = {"rank": 8, "alpha": 32.0, "targets": "all", "dropout": 0.0}
 # Whether a role is trained when it is added without saying so.
@@ -117,91 +118,6 @@ def _lora_settings(lora: Any) -> dict[str, Any]:
     return settings
 
 
-def _hidden_size(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    size = getattr(config, "hidden_size", None) if config is not None else None
-    if size is None:
-        size = model.get_input_embeddings().embedding_dim
-    return int(size)
-
-
-def _save_head(head: nn.Linear, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in head.state_dict().items()}
-    save_file(tensors, str(path / HEAD_FILE), metadata={"format": "pt"})
-
-
-def _read_head_state(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    head_file = path / HEAD_FILE
-    if not head_file.is_file():
-        raise FileNotFoundError(f"{head_file} not found: a reward/value role directory needs its scalar head")
-    return load_file(str(head_file), device=str(device))
-
-
-def _load_full_weights(model: nn.Module, path: Path) -> None:
-    """Copy the weights of a `save_pretrained` directory into `model` in place (parameters keep
-    their identity, so an optimiser holding them stays valid). Tied weights may be absent."""
-    from safetensors.torch import load_file
-
-    device = next(model.parameters()).device
-    index_file = path / "model.safetensors.index.json"
-    if index_file.is_file():
-        files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"no model.safetensors (or index) in {path}")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(str(path / name), device=str(device)))
-    result = model.load_state_dict(state, strict=False)
-    # A missing key is fine only when it is tied to a loaded one (e.g. GPT-2's lm_head = wte).
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
-    missing = [k for k in result.missing_keys if k not in params or params[k].data_ptr() not in loaded_ptrs]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: missing weights {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-
-
-class _ReplayAdapterState:
-    """Re-applies the per-layer adapter switches recorded at construction (forward time) while a
-    checkpointed layer is recomputed during backward, then puts back what was there."""
-
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self._recorded = [(layer, layer._active_adapter, layer._disable_adapters) for layer in layers]
-        self._saved: list[tuple[nn.Module, Any, bool]] = []
-
-    def __enter__(self) -> None:
-        self._saved = [(layer, layer._active_adapter, layer._disable_adapters) for layer, _, _ in self._recorded]
-        for layer, active, disabled in self._recorded:
-            layer._active_adapter = active
-            layer._disable_adapters = disabled
-
-    def __exit__(self, *exc: Any) -> None:
-        for layer, active, disabled in self._saved:
-            layer._active_adapter = active
-            layer._disable_adapters = disabled
-
-
-class _CheckpointContextFn:
-    """The `context_fn` of torch.utils.checkpoint: (forward context, recompute context). Holds the
-    SharedBase weakly and survives `copy.deepcopy` of the model as itself (a bound method would
-    drag the whole SharedBase into the copy)."""
-
-    def __init__(self, shared_base: "SharedBase") -> None:
-        self._base = weakref.ref(shared_base)
-
-    def __call__(self):
-        base = self._base()
-        return nullcontext(), _ReplayAdapterState(base._tuner_layers if base is not None else [])
-
-    def __deepcopy__(self, memo: dict) -> "_CheckpointContextFn":
-        return self
-
-
 class SharedBase:
     """One frozen base model and its roles. See the module docstring."""
 
@@ -215,7 +131,7 @@ class SharedBase:
         self.peft_model = None  # the peft.PeftModel wrapping `model`, made by the first adapter
         self._roles: dict[str, _Role] = {}
         self._tuner_layers: list[nn.Module] = []
-        self._hidden_size = _hidden_size(model)
+        self._hidden_size = hidden_size(model)
         for param in model.parameters():
             param.requires_grad_(False)
         self._lora_config = None
@@ -361,11 +277,11 @@ class SharedBase:
             entry = _Role(role, trainable, adapter=role, source=str(path))
         else:
             model = self._full_copy(self.model, trainable, with_head=role in ("reward", "value"))
-            _load_full_weights(model, path)
+            load_full_weights(model, path)
             entry = _Role(role, trainable, model=model, source=str(path))
         if has_head and role in ("reward", "value"):
             entry.head = self._new_head(trainable)
-            entry.head.load_state_dict(_read_head_state(path, self.device))
+            entry.head.load_state_dict(read_head_state(path, self.device))
         self._roles[role] = entry
 
     def _copy_role(self, source: str, target: str, trainable: bool) -> None:
@@ -515,7 +431,7 @@ class SharedBase:
         during the recompute. Non-reentrant checkpointing only (the default since torch 2.4)."""
         kwargs: dict[str, Any] = {"use_reentrant": False}
         if self.mode == "lora":
-            kwargs["context_fn"] = _CheckpointContextFn(self)
+            kwargs["context_fn"] = CheckpointContextFn(self)
         models = [self.model] + [e.model for e in self._roles.values() if e.model is not None and e.model is not self.model]
         for model in models:
             if hasattr(model, "activation_checkpointing_enable"):
@@ -662,7 +578,7 @@ class SharedBase:
         else:
             raise ValueError(f"role {role!r} is the base with adapters disabled; it has nothing to save")
         if entry.head is not None:
-            _save_head(entry.head, out)
+            save_head(entry.head, out)
         meta = {"role": role, "mode": self.mode, "head": entry.head is not None, "hidden_size": self._hidden_size}
         (out / ROLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
@@ -682,14 +598,14 @@ class SharedBase:
         if entry.model is not None:
             if entry.model is self.model:
                 raise ValueError(f"role {role!r} is the frozen base itself; it cannot be overwritten")
-            _load_full_weights(entry.model, path)
+            load_full_weights(entry.model, path)
         elif entry.adapter is not None:
             self._load_adapter_weights(entry.adapter, path)
         else:
             raise ValueError(f"role {role!r} is the base with adapters disabled; nothing to load")
         if entry.head is not None:
             with torch.no_grad():
-                entry.head.load_state_dict(_read_head_state(path, self.device))
+                entry.head.load_state_dict(read_head_state(path, self.device))
         if trainable is not None and trainable != entry.trainable:
             self._set_trainable(entry, trainable)
 
