@@ -165,19 +165,6 @@ def peak_memory_bytes() -> int:
     return int(peak_bytes())
 
 
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total), each parameter storage counted once."""
-    seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        key = p.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
-
-
 def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total: int, extra: dict | None = None) -> dict:
     cfg = run.cfg
     return {
@@ -257,3 +244,12 @@ def checkpoint_saver(run: Run, named_params, optimizers: dict, schedulers: dict,
         run.accelerator.wait_for_everyone()
 
     return save
+
+
+def global_step_means(accelerator, sums: dict[str, torch.Tensor], tokens: torch.Tensor, count: int) -> tuple[dict[str, float], float]:
+    """Per-step metrics over the GLOBAL batch: `sums` hold each metric times its micro-batch size,
+    summed over this process's micro-batches; one all-reduce adds the processes, `count` divides.
+    Returns the means and the global number of tokens (for tokens/s)."""
+    keys = sorted(sums)
+    reduced = accelerator.reduce(torch.stack([sums[k] for k in keys] + [tokens.float()]), reduction="sum")
+    return {k: float(v) / count for k, v in zip(keys, reduced[:-1])}, float(reduced[-1])

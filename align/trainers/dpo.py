@@ -37,11 +37,11 @@ from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
 from align.losses import get_preference_loss
-from align.memory import memory_report
+from align.memory import count_parameters, memory_report
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, count_parameters, evaluate, make_optimizer,
+    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, global_step_means, evaluate, make_optimizer,
     make_scheduler, resume_step, start_run, summary,
 )
 from align.tracking import progress
@@ -218,9 +218,7 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
             tokens += batch["attention_mask"].sum()
         all_reduce_gradients(params, acc)
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
-        keys = sorted(sums)
-        reduced = acc.reduce(torch.stack([sums[k] for k in keys] + [tokens.float()]), reduction="sum")
-        metrics = {k: float(v) / global_pairs for k, v in zip(keys, reduced[:-1])}
+        metrics, global_tokens = global_step_means(acc, sums, tokens, global_pairs)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
@@ -228,7 +226,7 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
         if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
             run.tracker.log(
                 {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                 "tokens_per_s": float(reduced[-1]) / max(time.time() - t0, 1e-9), **skipped.as_dict()},
+                 "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()},
                 step=done,
             )
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:

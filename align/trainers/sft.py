@@ -24,9 +24,10 @@ from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
 from align.lora import peft_lora_config
+from align.memory import count_parameters
 from align.models import load_model_and_tokenizer
 from align.trainers.common import (
-    TrainResult, checkpoint_saver, clip_and_step, count_parameters, evaluate, make_optimizer, make_scheduler,
+    TrainResult, checkpoint_saver, clip_and_step, evaluate, make_optimizer, make_scheduler,
     resume_step, start_run, summary,
 )
 from align.tracking import progress
