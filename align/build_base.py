@@ -57,10 +57,13 @@ def _fingerprint(obj) -> str:
 
 
 def base_fingerprint(name: str) -> str:
-    """Changes whenever the base's recipe or model size changes, so a stale cache is rebuilt."""
+    """Changes whenever the base's recipe or its model size changes, so a stale cache is rebuilt
+    (and only then: adding another size to MODEL_SIZES must not rebuild every base)."""
     from align.tasks.base_model import MODEL_SIZES
 
-    return _fingerprint({"recipe": BASE_RECIPES[name], "sizes": MODEL_SIZES})
+    recipe = BASE_RECIPES[name]
+    size = next(o.split("scratch:", 1)[1] for o in recipe if o.startswith("model=scratch:"))
+    return _fingerprint({"recipe": recipe, "size": MODEL_SIZES[size]})
 
 
 def is_built(name: str) -> bool:

@@ -100,6 +100,11 @@ class SFTSettings:
 @dataclass
 class RewardSettings:
     margin: bool = _f(False, "Use a per-pair margin column in the Bradley-Terry loss, if present.")
+    readout: Literal["last_token", "last_token+logprob"] = _f(
+        "last_token",
+        "What the scalar head reads: the last token's hidden state, or that plus the completion's "
+        "sum and mean log-prob under the reward role (see align.role_helpers.ScalarHead).",
+    )
 
 
 @dataclass

@@ -41,10 +41,12 @@ plain base. Frozen roles (reference, a loaded reward) run in eval mode inside th
 (dropout off; the modes are restored on exit) and the explicit methods run them under
 `torch.no_grad()`. Trainable roles run in whatever train/eval mode the caller set.
 
-Heads are `nn.Linear(hidden, 1)` in float32, kept outside the peft-wrapped model (so no
-`target_modules` setting can wrap them), applied to the final hidden state (after the final
-norm). `scores` reads the last REAL token (works with left and right padding); every forward
-uses position ids computed from the attention mask, so padding side does not change results.
+Heads are `ScalarHead`s (an `nn.Linear(hidden, 1)` in float32, `align.role_helpers`), kept
+outside the peft-wrapped model (so no `target_modules` setting can wrap them), applied to the
+final hidden state (after the final norm). `scores` reads the last REAL token (works with left
+and right padding); a reward head with the `last_token+logprob` readout also reads the
+completion's log-probs under the same role (pass `completion_mask`). Every forward uses position
+ids computed from the attention mask, so padding side does not change results.
 
 What it leaves out: loading models by name (`align.models`), batching and generation loops
 (`align.rollout`), losses and optimisers (trainers), multi-process wrapping (the trainers wrap
@@ -57,7 +59,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -78,7 +79,8 @@ from align.logprobs import (
 )
 from align.lora import peft_lora_config
 from align.role_helpers import (
-    HEAD_FILE, CheckpointContextFn, hidden_size, load_full_weights, read_head_state, save_head,
+    HEAD_FILE, READOUTS, CheckpointContextFn, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
+    save_head,
 )
 
 ROLES = ("policy", "reference", "reward", "value")
@@ -98,7 +100,7 @@ class _Role:
     trainable: bool
     adapter: str | None = None
     model: nn.Module | None = None
-    head: nn.Linear | None = None
+    head: ScalarHead | None = None
     source: str | None = None  # the directory it was loaded from, if any
 
 
@@ -173,7 +175,7 @@ class SharedBase:
     def is_trainable(self, role: str) -> bool:
         return self._get(role).trainable
 
-    def head(self, role: str) -> nn.Linear | None:
+    def head(self, role: str) -> ScalarHead | None:
         return self._get(role).head
 
     def role_model(self, role: str) -> nn.Module:
@@ -218,17 +220,19 @@ class SharedBase:
         else:
             self._roles["reference"] = _Role("reference", trainable=False, model=self.model)
 
-    def add_reward(self, path: str | os.PathLike | None = None, trainable: bool | None = None) -> None:
+    def add_reward(self, path: str | os.PathLike | None = None, trainable: bool | None = None,
+                   readout: str = "last_token") -> None:
         """The reward model. `path` = a saved reward directory (adapter + head.safetensors, or a
-        full model + head): loaded frozen unless `trainable`. `path=None`: a fresh trainable
-        adapter and head, for reward-model training."""
+        full model + head): loaded frozen unless `trainable`, with the readout it was trained
+        with. `path=None`: a fresh trainable adapter and head with `readout` (`last_token`, or
+        `last_token+logprob`: see `ScalarHead`), for reward-model training."""
         self._check_new("reward")
         if trainable is None:
             trainable = path is None
         if path is not None:
             self._add_from_dir("reward", Path(path), trainable=trainable)
         else:
-            self._add_fresh("reward", trainable=trainable, with_head=True)
+            self._add_fresh("reward", trainable=trainable, with_head=True, readout=readout)
 
     def add_value(self, init_from_reward: bool = False, path: str | os.PathLike | None = None, trainable: bool = True) -> None:
         """The value model (PPO critic): trainable adapter + head; fresh, copied from the reward
@@ -241,22 +245,23 @@ class SharedBase:
         else:
             self._add_fresh("value", trainable=trainable, with_head=True)
 
-    def _new_head(self, trainable: bool) -> nn.Linear:
-        head = nn.Linear(self._hidden_size, 1, device=self.device, dtype=torch.float32)
-        nn.init.normal_(head.weight, std=1.0 / math.sqrt(self._hidden_size + 1))
-        nn.init.zeros_(head.bias)
+    def _new_head(self, trainable: bool, readout: str = "last_token") -> ScalarHead:
+        head = ScalarHead(self._hidden_size, readout, device=self.device)
         head.requires_grad_(trainable)
         head.train(self.model.training)
         return head
 
-    def _add_fresh(self, role: str, trainable: bool, with_head: bool) -> None:
+    def _add_fresh(self, role: str, trainable: bool, with_head: bool, readout: str = "last_token") -> None:
+        if readout not in READOUTS:  # before anything is added
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if self.mode == "lora":
             self._add_adapter(role, copy.deepcopy(self._lora_config), trainable)
             entry = _Role(role, trainable, adapter=role)
         else:
-            entry = _Role(role, trainable, model=self._full_copy(self.model, trainable, with_head))
+            model = self._full_copy(self.model, trainable, with_head, uses_lm_head=readout != "last_token")
+            entry = _Role(role, trainable, model=model)
         if with_head:
-            entry.head = self._new_head(trainable)
+            entry.head = self._new_head(trainable, readout)
         self._roles[role] = entry
 
     def _add_from_dir(self, role: str, path: Path, trainable: bool) -> None:
@@ -265,6 +270,8 @@ class SharedBase:
         has_head = (path / HEAD_FILE).is_file()
         if role in ("reward", "value") and not has_head:
             raise FileNotFoundError(f"{path / HEAD_FILE} not found: the {role} role needs a scalar head")
+        head_state = read_head_state(path, self.device) if has_head and role in ("reward", "value") else None
+        readout = readout_of_state(head_state) if head_state is not None else "last_token"
         if self.mode == "lora":
             if not (path / "adapter_config.json").is_file():
                 raise FileNotFoundError(f"{path} has no adapter_config.json (is it a full-mode save?)")
@@ -276,12 +283,13 @@ class SharedBase:
             self._load_adapter_weights(role, path)
             entry = _Role(role, trainable, adapter=role, source=str(path))
         else:
-            model = self._full_copy(self.model, trainable, with_head=role in ("reward", "value"))
+            model = self._full_copy(self.model, trainable, with_head=head_state is not None,
+                                    uses_lm_head=head_state is None or readout != "last_token")
             load_full_weights(model, path)
             entry = _Role(role, trainable, model=model, source=str(path))
-        if has_head and role in ("reward", "value"):
-            entry.head = self._new_head(trainable)
-            entry.head.load_state_dict(read_head_state(path, self.device))
+        if head_state is not None:
+            entry.head = self._new_head(trainable, readout)
+            entry.head.load_state_dict(head_state)
         self._roles[role] = entry
 
     def _copy_role(self, source: str, target: str, trainable: bool) -> None:
@@ -300,21 +308,23 @@ class SharedBase:
         else:
             entry = _Role(target, trainable, model=self._full_copy(src.model, trainable, src.head is not None))
         if src.head is not None:
+            # The copy reads hidden states only (a value is per token; a log-prob term is not):
+            # it takes w and b of a `last_token+logprob` reward head and leaves the log-prob part.
             entry.head = self._new_head(trainable)
-            entry.head.load_state_dict(src.head.state_dict())
+            entry.head.load_state_dict({"weight": src.head.weight.detach(), "bias": src.head.bias.detach()})
         self._roles[target] = entry
 
-    def _full_copy(self, source: nn.Module, trainable: bool, with_head: bool = False) -> nn.Module:
+    def _full_copy(self, source: nn.Module, trainable: bool, with_head: bool = False, uses_lm_head: bool = False) -> nn.Module:
         model = copy.deepcopy(source)
-        self._freeze_copy(model, trainable, with_head)
+        self._freeze_copy(model, trainable, with_head and not uses_lm_head)
         return model
 
     @staticmethod
-    def _freeze_copy(model: nn.Module, trainable: bool, with_head: bool) -> None:
+    def _freeze_copy(model: nn.Module, trainable: bool, freeze_lm_head: bool) -> None:
         for param in model.parameters():
             param.requires_grad_(trainable)
-        if with_head:
-            # A scalar-head role never uses the LM head; an untied one would get no gradient.
+        if freeze_lm_head:
+            # A last-token scalar head never uses the LM head; an untied one would get no gradient.
             output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
             if output is not None and output.weight is not inputs.weight:
                 output.requires_grad_(False)
@@ -482,14 +492,26 @@ class SharedBase:
             )
             return outputs.last_hidden_state
 
-    def scores(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-        """Scalar score (B,) of `role`'s head on the last real token of each row."""
+    def scores(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
+               completion_mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar score (B,) of `role`'s head on the last real token of each row. A head with the
+        `last_token+logprob` readout also needs `completion_mask_BT` (1 on completion tokens) and
+        adds its weighted sum and mean completion log-prob, from the same forward."""
         head = self._head_of(role)
+        if head.uses_logprobs and completion_mask_BT is None:
+            raise ValueError(f"role {role!r} has a last_token+logprob head: scores() needs completion_mask_BT")
         hidden_BTH = self.hidden_states(role, input_ids_BT, attention_mask_BT)
         index_B = last_token_index(attention_mask_BT)
         last_BH = hidden_BTH[torch.arange(hidden_BTH.shape[0], device=hidden_BTH.device), index_B]
         with self._grad_context(role):
-            return head(last_BH.to(head.weight.dtype)).squeeze(-1)
+            features_B2 = None
+            if head.uses_logprobs:
+                lm_head = self.role_model(role).get_output_embeddings()
+                mask_BT = completion_mask_BT * attention_mask_BT
+                token_logps_BT = sequence_logprobs(lm_head(hidden_BTH), input_ids_BT, mask_BT)
+                features_B2 = torch.stack([reduce_logprobs(token_logps_BT, mask_BT),
+                                           reduce_logprobs(token_logps_BT, mask_BT, average=True)], dim=-1)
+            return head.score(last_BH, features_B2)
 
     def values(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
         """Per-token scalars (B, T) of `role`'s head: entry t reads the prefix ending at token t.
@@ -500,7 +522,7 @@ class SharedBase:
             values_BT = head(hidden_BTH.to(head.weight.dtype)).squeeze(-1)
             return values_BT * attention_mask_BT.to(values_BT.dtype)
 
-    def _head_of(self, role: str) -> nn.Linear:
+    def _head_of(self, role: str) -> ScalarHead:
         head = self._get(role).head
         if head is None:
             raise ValueError(f"role {role!r} has no scalar head")
@@ -579,7 +601,8 @@ class SharedBase:
             raise ValueError(f"role {role!r} is the base with adapters disabled; it has nothing to save")
         if entry.head is not None:
             save_head(entry.head, out)
-        meta = {"role": role, "mode": self.mode, "head": entry.head is not None, "hidden_size": self._hidden_size}
+        meta = {"role": role, "mode": self.mode, "head": entry.head is not None, "hidden_size": self._hidden_size,
+                "readout": entry.head.readout if entry.head is not None else None}
         (out / ROLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
 
@@ -604,8 +627,12 @@ class SharedBase:
         else:
             raise ValueError(f"role {role!r} is the base with adapters disabled; nothing to load")
         if entry.head is not None:
+            state = read_head_state(path, self.device)
+            if readout_of_state(state) != entry.head.readout:
+                raise ValueError(f"{path}: a {readout_of_state(state)} head cannot be loaded into role {role!r}, "
+                                 f"whose head reads {entry.head.readout}")
             with torch.no_grad():
-                entry.head.load_state_dict(read_head_state(path, self.device))
+                entry.head.load_state_dict(state)
         if trainable is not None and trainable != entry.trainable:
             self._set_trainable(entry, trainable)
 
@@ -613,7 +640,7 @@ class SharedBase:
         if entry.model is not None:
             if entry.model is self.model:
                 raise ValueError(f"role {entry.name!r} is the frozen base itself; it cannot be made trainable")
-            self._freeze_copy(entry.model, trainable, with_head=entry.head is not None)
+            self._freeze_copy(entry.model, trainable, freeze_lm_head=entry.head is not None and not entry.head.uses_logprobs)
         elif entry.adapter is not None:
             for param in self.adapter_parameters(entry.adapter):
                 param.requires_grad_(trainable)

@@ -57,13 +57,18 @@ class LearnedReward:
         self.batch_size = batch_size
         self.name = f"learned:{role}" if role != "reward" else "learned"
 
-    def encode(self, prompt: str, completion: str) -> list[int]:
-        """Token ids of one row: the same convention as the reward model's training pairs."""
-        return encode_prompt(self.tokenizer, prompt) + encode_completion(self.tokenizer, completion)
+    def encode(self, prompt: str, completion: str) -> tuple[list[int], int]:
+        """Token ids of one row (the same convention as the reward model's training pairs) and
+        the number of prompt tokens (the completion, EOS included, is the rest)."""
+        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        return prompt_ids + encode_completion(self.tokenizer, completion), len(prompt_ids)
 
     @torch.no_grad()
-    def score_ids(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Scores (N,) of token-id sequences, in batches, right-padded."""
+    def score_ids(self, sequences: list[list[int]], prompt_lengths: list[int] | None = None) -> torch.Tensor:
+        """Scores (N,) of token-id sequences, in batches, right-padded. `prompt_lengths` marks
+        where each completion starts; a `last_token+logprob` head needs it."""
+        if prompt_lengths is not None and len(prompt_lengths) != len(sequences):
+            raise ValueError(f"got {len(prompt_lengths)} prompt lengths for {len(sequences)} sequences")
         base = self.shared_base
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         model, head = base.role_model(self.role), base.head(self.role)
@@ -77,7 +82,12 @@ class LearnedReward:
                 width = max(len(s) for s in part)
                 ids_BT = torch.tensor([s + [pad_id] * (width - len(s)) for s in part], dtype=torch.long, device=base.device)
                 mask_BT = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in part], dtype=torch.long, device=base.device)
-                out.append(base.scores(self.role, ids_BT, mask_BT).float().cpu())
+                completion_BT = None
+                if prompt_lengths is not None:
+                    starts = prompt_lengths[i : i + self.batch_size]
+                    completion_BT = torch.tensor([[0] * n + [1] * (len(s) - n) + [0] * (width - len(s)) for s, n in zip(part, starts)],
+                                                 dtype=torch.long, device=base.device)
+                out.append(base.scores(self.role, ids_BT, mask_BT, completion_BT).float().cpu())
         finally:
             for module, training in modes:
                 module.training = training
@@ -86,8 +96,9 @@ class LearnedReward:
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput:
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(completions)} completions for {len(prompts)} prompts")
-        sequences = [self.encode(p, c) for p, c in zip(prompts, completions)]
-        scores_N = self.score_ids(sequences)
+        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        sequences = [ids for ids, _ in encoded]
+        scores_N = self.score_ids(sequences, [n for _, n in encoded])
         return RewardOutput([float(s) for s in scores_N.tolist()], {"reward_tokens": [len(s) for s in sequences]})
 
 

@@ -36,3 +36,13 @@ def test_build_is_deterministic_cached_and_rebuilt_when_the_recipe_changes(tmp_p
 
     monkeypatch.setitem(build.BASE_RECIPES, "builtin:tiny-arith", fast[:-3] + ["train.steps=4", "data.num_train=200", "train.threads=1"])
     assert not build.is_built("builtin:tiny-arith")  # a changed recipe invalidates the cache
+
+
+def test_fingerprint_follows_the_recipe_and_its_own_model_size_only(monkeypatch):
+    from align.tasks.base_model import MODEL_SIZES
+
+    before = build.base_fingerprint("builtin:tiny-arith")
+    monkeypatch.setitem(MODEL_SIZES, "some-other-size", {**MODEL_SIZES["tiny-arith"], "num_hidden_layers": 4})
+    assert build.base_fingerprint("builtin:tiny-arith") == before  # adding a size rebuilds nothing
+    monkeypatch.setitem(MODEL_SIZES, "tiny-arith", {**MODEL_SIZES["tiny-arith"], "num_hidden_layers": 3})
+    assert build.base_fingerprint("builtin:tiny-arith") != before  # changing its own size does

@@ -130,7 +130,7 @@ def test_learned_reward_interface_on_hand_examples(trained):
     assert out.scores[0] != out.scores[1]
     # the same as scoring the project's token convention by hand: prompt ids + completion ids + EOS
     ids = tokenizer(PROMPTS[1])["input_ids"] + tokenizer(COMPLETIONS[1], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert reward.encode(PROMPTS[1], COMPLETIONS[1]) == ids
+    assert reward.encode(PROMPTS[1], COMPLETIONS[1]) == (ids, len(tokenizer(PROMPTS[1])["input_ids"]))
     by_hand = base.scores("reward", torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     assert out.scores[1] == pytest.approx(float(by_hand), abs=1e-6)
     assert out.info["reward_tokens"][1] == len(ids)
@@ -139,6 +139,29 @@ def test_learned_reward_interface_on_hand_examples(trained):
         reward(PROMPTS, COMPLETIONS[:2])
     with pytest.raises(KeyError, match="no 'reward' role"):
         LearnedReward(SharedBase(load_model_and_tokenizer("scratch:test")[0], tokenizer))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_logprob_readout_trains_and_scores_through_learned_reward(tmp_path, mode):
+    result = run(tmp_path, mode, f"mode={mode}", "reward.readout=last_token+logprob", "train.steps=3")
+    head = result.model.head("reward")
+    assert head.readout == "last_token+logprob" and head.logprob_weight.abs().sum() > 0  # it trained from 0
+    assert result.summary["pairwise_accuracy_after"] is not None
+
+    model, tokenizer = load_model_and_tokenizer("scratch:test")
+    base = SharedBase(model, tokenizer, mode=mode)
+    reward = load_learned_reward(result.run_dir, base, batch_size=2)
+    assert base.head("reward").readout == "last_token+logprob"
+    out = reward(PROMPTS, COMPLETIONS)
+    assert out.scores[2] == pytest.approx(reward(PROMPTS[2:], COMPLETIONS[2:]).scores[0], abs=1e-5)  # batching
+    # by hand: the completion (EOS included) is what follows the prompt's tokens
+    ids, n_prompt = reward.encode(PROMPTS[1], COMPLETIONS[1])
+    completion = torch.tensor([[0] * n_prompt + [1] * (len(ids) - n_prompt)])
+    ids_BT, mask_BT = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+    by_hand = base.scores("reward", ids_BT, mask_BT, completion)
+    assert out.scores[1] == pytest.approx(float(by_hand), abs=1e-5)
+    with pytest.raises(ValueError, match="completion_mask"):
+        reward.score_ids([ids])  # no prompt lengths: the log-prob readout cannot know the completion
 
 
 def test_full_mode_runs_the_same_code_and_round_trips(tmp_path):

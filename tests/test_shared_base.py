@@ -382,6 +382,72 @@ def test_value_from_reward_is_a_trainable_copy(tmp_path, mode):
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_logprob_readout_is_the_head_plus_weighted_completion_logprobs(kind, mode):
+    base = SharedBase(tiny_model(kind), None, mode=mode, lora=LORA)
+    base.add_policy()
+    base.add_reward(readout="last_token+logprob")
+    head = base.head("reward")
+    assert head.readout == "last_token+logprob" and torch.equal(head.logprob_weight.detach(), torch.zeros(2))
+    perturb(base, "reward", scale=0.05)
+    with torch.no_grad():
+        head.logprob_weight.copy_(torch.tensor([0.3, -0.7]))
+    ids, mask, completion = batch()
+    scores_B = base.scores("reward", ids, mask, completion)
+    # by hand, from the public API: w . h_last + b + a_sum * sum log p + a_mean * mean log p
+    last = mask.sum(1) - 1
+    h_last = base.hidden_states("reward", ids, mask)[torch.arange(3), last]
+    logp_sum = base.completion_logprobs("reward", ids, mask, completion)
+    logp_mean = base.completion_logprobs("reward", ids, mask, completion, average=True)
+    by_hand = h_last @ head.weight[0] + head.bias[0] + 0.3 * logp_sum - 0.7 * logp_mean
+    torch.testing.assert_close(scores_B, by_hand, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(scores_B, h_last @ head.weight[0] + head.bias[0])  # the log-prob term counts
+    with pytest.raises(ValueError, match="completion_mask"):
+        base.scores("reward", ids, mask)
+    # one backward reaches the log-prob weights and the role's adapter (or copy) through log p
+    scores_B.sum().backward()
+    assert head.logprob_weight.grad is not None and head.logprob_weight.grad.abs().sum() > 0
+    lm_head = base.role_model("reward").get_output_embeddings()
+    if mode == "full":  # FullFT trains the LM head it now reads (a last_token head leaves it frozen)
+        assert lm_head.weight.requires_grad and lm_head.weight.grad is not None
+    else:  # the shared base, the LM head included, stays frozen and gradient-free
+        assert not lm_head.weight.requires_grad and lm_head.weight.grad is None
+        assert all(p.grad is not None for p in base.trainable_parameters("reward"))
+        assert all(p.grad is None for p in base.trainable_parameters("policy"))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_logprob_readout_round_trips_and_value_takes_the_hidden_state_part(tmp_path, mode):
+    trainer = SharedBase(tiny_model("llama"), None, mode=mode, lora=LORA)
+    trainer.add_reward(readout="last_token+logprob")
+    perturb(trainer, "reward", scale=0.05)
+    ids, mask, completion = batch()
+    expected = trainer.scores("reward", ids, mask, completion).detach()
+    trainer.save_role("reward", tmp_path / "rm")
+
+    fresh = SharedBase(tiny_model("llama"), None, mode=mode, lora=LORA)
+    fresh.add_policy()
+    fresh.add_reward(tmp_path / "rm")  # the readout comes from the saved head
+    assert fresh.head("reward").readout == "last_token+logprob"
+    torch.testing.assert_close(fresh.scores("reward", ids, mask, completion), expected, rtol=0, atol=1e-6)
+
+    fresh.add_value(init_from_reward=True)
+    value_head, reward_head = fresh.head("value"), fresh.head("reward")
+    assert value_head.readout == "last_token" and value_head.logprob_weight is None
+    last = mask.sum(1) - 1
+    h_last = fresh.hidden_states("reward", ids, mask)[torch.arange(3), last]
+    torch.testing.assert_close(fresh.values("value", ids, mask)[torch.arange(3), last],
+                               h_last @ reward_head.weight[0] + reward_head.bias[0], rtol=1e-5, atol=1e-6)
+    # a saved head of the other readout cannot be loaded over an existing role
+    plain = SharedBase(tiny_model("llama"), None, mode=mode, lora=LORA)
+    plain.add_reward(readout="last_token")
+    with pytest.raises(ValueError, match="last_token\\+logprob head cannot be loaded"):
+        plain.load_role("reward", tmp_path / "rm")
+    with pytest.raises(ValueError, match="readout must be one of"):
+        SharedBase(tiny_model("llama"), None, mode=mode, lora=LORA).add_reward(readout="mean")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_last_token_score_left_and_right_padding(kind):
     base = SharedBase(tiny_model(kind), None, lora=LORA)
     base.add_reward()

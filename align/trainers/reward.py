@@ -78,7 +78,7 @@ def load_pairs(cfg: RecipeConfig, tokenizer, split: str, skipped: SkipCounter) -
 
 def pair_scores(base: SharedBase, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Reward-role scores of a `collate_pairs` batch: (chosen_B, rejected_B)."""
-    scores_2B = base.scores(ROLE, batch["input_ids"], batch["attention_mask"])
+    scores_2B = base.scores(ROLE, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     chosen_B, rejected_B = scores_2B.chunk(2)
     return chosen_B, rejected_B
 
@@ -126,7 +126,7 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     acc = run.accelerator
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
-    base.add_reward()  # fresh: trainable adapter + head (full mode: trainable copy + head)
+    base.add_reward(readout=cfg.reward.readout)  # fresh: trainable adapter + head (full: trainable copy + head)
     reward_model, head = base.role_model(ROLE), base.head(ROLE)
     reward_model.train()
     head.train()
