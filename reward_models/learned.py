@@ -6,8 +6,9 @@ What it does:
   tokenised with the project's token convention (`encode_prompt(prompt) + encode_completion(
   completion)`, i.e. the completion ends with EOS, exactly as the reward model saw its training
   pairs), right-padded in batches of `batch_size`, and scored by the role's scalar head on the
-  last real token, under `torch.no_grad()` and in eval mode (modes restored afterwards). Rows are
-  scored in the order given; the result does not depend on the batch size or padding.
+  last real token (plus, for a `last_token+logprob` head, its weighted sum and mean log-prob of
+  the completion tokens), under `torch.no_grad()` and in eval mode (modes restored afterwards).
+  Rows are scored in the order given; the result does not depend on the batch size or padding.
 - `load_learned_reward(path, shared_base)`: adds the frozen `reward` role to `shared_base` from a
   reward-model run directory (`align train recipes/rm_lora.yaml` writes `RUN/reward/`) or from the
   saved role directory itself, and returns a `LearnedReward` on it. This is what PPO uses for

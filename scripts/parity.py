@@ -82,6 +82,8 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
 LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
 FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the top edge of the first grid
+FULL_RM_LRS = [1e-4, 3e-4, 1e-3, 3e-3]
+LORA_RM_LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 
 STUDIES: dict[str, Study] = {
@@ -127,6 +129,28 @@ STUDIES: dict[str, Study] = {
         smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "ppo.rollout_batch_size=8",
                          "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
                          "eval.max_new_tokens=4"],
+        smoke_configurations=["full", "lora_r4"],
+    ),
+    # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the
+    # last_token+logprob head): the metric is pairwise accuracy on held-out pairs.
+    "rm": Study(
+        recipe="recipes/rm_lora.yaml",
+        overrides=[
+            "optimizer.lr_rule=false",  # every LR here is the LR actually used (adapter or copy, and head)
+            "train.eval_every=100", "tracking.wandb=false", "train.threads=1",
+        ],
+        configurations=[
+            Configuration("full", ["mode=full"], FULL_RM_LRS),
+            _lora(1, LORA_RM_LRS),
+            _lora(4, LORA_RM_LRS),
+            _lora(8, LORA_RM_LRS),
+        ],
+        seeds=[0, 1, 2],
+        metric="pairs/accuracy",
+        metric_label="pairwise accuracy on held-out preference pairs",
+        secondary=["pairs/margin", "pairs/loss"],
+        smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
+                         "data.num_train=64", "data.num_eval=16"],
         smoke_configurations=["full", "lora_r4"],
     ),
 }

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +258,17 @@ def test_recipe_runs_end_to_end(tmp_path, repo, recipe):
     summary = json.load(open(out / "summary.json"))
     assert summary["method"] == "reward" and summary["pairwise_accuracy_after"] is not None
     assert (out / "reward" / "head.safetensors").exists()
+
+
+def test_per_kind_script_agrees_with_the_trainers_own_evaluation(trained, repo):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rm_per_kind", repo / "scripts" / "rm_per_kind.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.per_kind_accuracy(Path(trained.run_dir))
+    assert out["accuracy"] == pytest.approx(trained.summary["pairwise_accuracy_after"], abs=1e-4)
+    assert sum(out[f"{k}_pairs"] for k in module.KINDS) == out["pairs"] == 32
+    assert module.pair_kind("Q: 2+3=? A:", " 5", " um 5") == "concise_vs_padded"
+    assert module.pair_kind("Q: 2+3=? A:", " 5", " um 6") == "concise_vs_wrong"
+    assert module.pair_kind("Q: 2+3=? A:", " so it is 5", " 6") == "padded_vs_wrong"

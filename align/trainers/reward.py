@@ -6,7 +6,10 @@ recipes/accelerate/cpu_2proc.yaml -m align.cli train recipes/rm_lora.yaml`).
 
 The reward model is the `reward` role of a SharedBase (`add_reward()`: a fresh trainable adapter
 and a scalar head on the final hidden state of the last real token; full mode: a trainable copy
-of the base and a head). One step, for every micro-batch of preference pairs:
+of the base and a head). With `reward.readout: last_token+logprob` the head also reads the
+completion's sum and mean token log-prob under the reward role (weights start at 0; see
+`align.role_helpers.ScalarHead`), which the built-in recipes use because the 2-layer base's last
+hidden state does not carry answer correctness. One step, for every micro-batch of preference pairs:
     scores    r(prompt + chosen), r(prompt + rejected): one forward over the 2B rows   (2B,)
     loss      Bradley-Terry, -log sigmoid(r_c - r_r [- margin]), a mean over the micro-batch,
               rescaled by micro / global pairs so that the sum over micro-batches and processes
