@@ -108,6 +108,27 @@ def test_every_registered_loss_trains(tmp_path, loss_type):
     assert len(values) == 2 and all(math.isfinite(v) for v in values)
 
 
+def test_simpo_never_runs_the_reference(tmp_path, monkeypatch):
+    from align.shared_base import SharedBase
+
+    used: list[str] = []
+    original = SharedBase.role
+
+    def recording_role(self, role):
+        used.append(role)
+        return original(self, role)
+
+    monkeypatch.setattr(SharedBase, "role", recording_role)
+    result = run(tmp_path, "simpo", "train.steps=2", "dpo.loss_type=simpo", "eval.enabled=true",
+                 "eval.num_prompts=4", "eval.max_new_tokens=3", "dpo.precompute_reference=true")
+    assert "policy" in used and "reference" not in used  # reference-free: no reference forward at all
+    assert not any(k.startswith("ref_logps/") for r in rows(result.run_dir) for k in r)
+    assert "pairs/loss" in result.summary["eval_after"]  # held-out pairs scored without a reference
+    used.clear()
+    run(tmp_path, "sigmoid", "train.steps=1")
+    assert "reference" in used  # the check above can fail
+
+
 def test_gradient_accumulation_invariance(tmp_path):
     one = losses(run(tmp_path, "b8", "train.steps=3").run_dir)
     two = losses(run(tmp_path, "b4x2", "train.steps=3", "train.grad_accum=2").run_dir)

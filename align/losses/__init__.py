@@ -31,6 +31,7 @@ from align.losses.policy import (
 )
 from align.losses.preference import (
     PREFERENCE_LOSSES,
+    REFERENCE_FREE_LOSSES,
     bradley_terry_loss,
     dpo_sigmoid_loss,
     get_preference_loss,

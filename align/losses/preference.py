@@ -271,6 +271,9 @@ def simpo_loss(
 
 PreferenceLoss = Callable[..., tuple[torch.Tensor, Stats]]
 
+# Variants that never read the reference log-probs: a trainer may skip the reference forward.
+REFERENCE_FREE_LOSSES = frozenset({"simpo"})
+
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "sigmoid": dpo_sigmoid_loss,
     "ipo": ipo_loss,

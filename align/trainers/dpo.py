@@ -36,7 +36,7 @@ from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
-from align.losses import get_preference_loss
+from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
 from align.memory import count_parameters, memory_report
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
@@ -97,23 +97,27 @@ def reference_table(base: SharedBase, examples, rows: list[int], pad_id: int, ba
 
 
 def dpo_loss_on_batch(base: SharedBase, batch, loss_fn, cfg: RecipeConfig, ref_logps_2B: torch.Tensor | None = None):
-    """Policy forward (with grad), reference forward (no grad) unless given, then the loss.
+    """Policy forward (with grad), reference forward (no grad) unless given or the loss is
+    reference-free (SimPO: no reference forward at all), then the loss.
 
     Returns (mean loss over the micro-batch, stats dict, number of pairs)."""
     with base.role("policy") as policy_model:
         logps_2B, lengths_2B = pair_logps(policy_model, batch)
-    if ref_logps_2B is None:
+    if ref_logps_2B is None and cfg.dpo.loss_type not in REFERENCE_FREE_LOSSES:
         with torch.no_grad(), base.role("reference") as ref_model:
             ref_logps_2B, _ = pair_logps(ref_model, batch)
     chosen_B, rejected_B = logps_2B.chunk(2)
-    ref_chosen_B, ref_rejected_B = ref_logps_2B.to(logps_2B.dtype).chunk(2)
+    ref_chosen_B = ref_rejected_B = None
+    if ref_logps_2B is not None:
+        ref_chosen_B, ref_rejected_B = ref_logps_2B.to(logps_2B.dtype).chunk(2)
     chosen_len_B, rejected_len_B = lengths_2B.to(logps_2B.dtype).chunk(2)
     loss, stats = loss_fn(
         chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, beta=cfg.dpo.beta,
         label_smoothing=cfg.dpo.label_smoothing, chosen_lengths_B=chosen_len_B, rejected_lengths_B=rejected_len_B,
         simpo_gamma=cfg.dpo.simpo_gamma,
     )
-    stats = {**stats, "ref_logps/chosen": ref_chosen_B.mean().detach(), "ref_logps/rejected": ref_rejected_B.mean().detach()}
+    if ref_chosen_B is not None:
+        stats = {**stats, "ref_logps/chosen": ref_chosen_B.mean().detach(), "ref_logps/rejected": ref_rejected_B.mean().detach()}
     return loss, stats, chosen_B.shape[0]
 
 
@@ -124,7 +128,9 @@ def eval_pairs(base: SharedBase, examples, ref_table, loss_fn, cfg: RecipeConfig
     for i in range(0, len(examples), batch_size):
         part = list(range(i, min(i + batch_size, len(examples))))
         batch = _to(collate_pairs([examples[r] for r in part], pad_id), base.device)
-        ref_2B = torch.tensor([ref_table[r][0] for r in part] + [ref_table[r][1] for r in part], device=base.device)
+        ref_2B = None  # a reference-free loss has no table
+        if ref_table:
+            ref_2B = torch.tensor([ref_table[r][0] for r in part] + [ref_table[r][1] for r in part], device=base.device)
         model = base.role_model("policy")
         was_training = model.training
         model.eval()  # dropout off; restored below
@@ -171,14 +177,17 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     # Reference log-probs: once, before training, for exactly the rows this process will train on
     # (the reference never changes, so this equals computing them on the fly), and for eval pairs.
     train_ref = None
-    if cfg.dpo.precompute_reference:
+    uses_reference = cfg.dpo.loss_type not in REFERENCE_FREE_LOSSES
+    if cfg.dpo.precompute_reference and uses_reference:
         my_rows = sorted({r for s in range(start_step, cfg.train.steps) for r in shard(stream.batch(s), run.rank, run.world)})
         t0 = time.time()
         train_ref = reference_table(base, train_examples, my_rows, pad_id, max(micro_size, 1))
         run.print(f"precomputed reference log-probs of {len(my_rows)} pairs in {time.time() - t0:.1f}s")
     if not cfg.eval.enabled:
         eval_examples = []
-    eval_ref = reference_table(base, eval_examples, list(range(len(eval_examples))), pad_id, 64) if eval_examples else {}
+    eval_ref = {}
+    if eval_examples and uses_reference:
+        eval_ref = reference_table(base, eval_examples, list(range(len(eval_examples))), pad_id, 64)
 
     def evaluate_policy() -> dict[str, float]:
         """Held-out pairs (loss, implicit-reward accuracy) and the task's generation metrics."""
