@@ -82,8 +82,10 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
 LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
 FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the top edge of the first grid
-FULL_RM_LRS = [1e-4, 3e-4, 1e-3, 3e-3]
-LORA_RM_LRS = [3e-4, 1e-3, 3e-3, 1e-2]
+# x ~3.16 grids, then refined around the best of each (5e-4, 2e-3 for FullFT; 2e-3, 5e-3 for
+# LoRA) after FullFT's best (1e-3) had one seed of three far below the others.
+FULL_RM_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3]
+LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 
 STUDIES: dict[str, Study] = {

@@ -272,3 +272,15 @@ def test_per_kind_script_agrees_with_the_trainers_own_evaluation(trained, repo):
     assert module.pair_kind("Q: 2+3=? A:", " 5", " um 5") == "concise_vs_padded"
     assert module.pair_kind("Q: 2+3=? A:", " 5", " um 6") == "concise_vs_wrong"
     assert module.pair_kind("Q: 2+3=? A:", " so it is 5", " 6") == "padded_vs_wrong"
+
+
+def test_probe_script_runs_on_a_tiny_model(repo):
+    proc = subprocess.run(
+        [sys.executable, "scripts/rm_probe.py", "--model", "scratch:test", "--train", "64", "--eval", "32"],
+        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["feature"] for r in rows] == ["last_token", "logprob", "both"]
+    assert [r["dims"] for r in rows] == [32, 2, 34]
+    assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in rows)

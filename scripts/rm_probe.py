@@ -1,0 +1,106 @@
+"""What a FROZEN base already knows about the built-in preference pairs: linear probes.
+
+    OMP_NUM_THREADS=1 python scripts/rm_probe.py [--model builtin:tiny-arith] [--train 4000] [--eval 512]
+
+For each pair of the built-in preference task (train split to fit, eval split to test), features
+of the chosen and of the rejected text are read from the frozen base (no adapter, no training of
+the model), and a logistic regression on chosen-minus-rejected features (L-BFGS, standardised,
+small L2) predicts which side is preferred, as a reward model's Bradley-Terry head would. Features:
+
+    last_token   final hidden state (after the final norm) of the last real token: what a
+                 `reward.readout: last_token` head reads
+    logprob      the completion's sum and mean token log-prob under the base: what the extra
+                 terms of `reward.readout: last_token+logprob` read
+    both         the two together
+
+Printed: held-out accuracy overall and per kind of pair (see scripts/rm_per_kind.py). A probe
+that fails says the information is not linearly there at the start; training can still move it
+there (an adapter or a full fine-tune), which is what the reward-model runs measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+@torch.no_grad()
+def pair_features(model, tokenizer, split: str, n: int, seed: int, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """{feature: (chosen - rejected) of shape (n, d)} for the first n pairs of `split`."""
+    from align.config import load_recipe
+    from align.data.batching import collate_pairs
+    from align.data.loading import SkipCounter, load_examples
+    from align.logprobs import last_token_index, position_ids_from_mask, reduce_logprobs, sequence_logprobs
+
+    cfg = load_recipe(None, ["method=reward", "data.task=preference", f"data.num_train={n}", f"data.num_eval={n}"])
+    examples = load_examples(cfg.data, tokenizer, "pairs", split, seed, SkipCounter())[:n]
+    diffs: dict[str, list[torch.Tensor]] = {"last_token": [], "logprob": []}
+    for i in range(0, len(examples), batch_size):
+        batch = collate_pairs(examples[i : i + batch_size], tokenizer.pad_token_id)
+        ids, mask, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"] * batch["attention_mask"]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        last = hidden[torch.arange(ids.shape[0]), last_token_index(mask)]
+        token_logps = sequence_logprobs(out.logits, ids, completion)
+        logprob = torch.stack([reduce_logprobs(token_logps, completion), reduce_logprobs(token_logps, completion, average=True)], -1)
+        for name, value in (("last_token", last), ("logprob", logprob)):
+            chosen, rejected = value.float().chunk(2)
+            diffs[name].append(chosen - rejected)
+    features = {k: torch.cat(v) for k, v in diffs.items()}
+    features["both"] = torch.cat([features["last_token"], features["logprob"]], -1)
+    return features
+
+
+def fit_probe(train_diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression P(chosen preferred) = sigmoid(w . (d / scale)); returns (w, scale)."""
+    scale = train_diff.std(0) + 1e-6
+    x = train_diff / scale
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.softplus(-(x @ w)).mean() + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach(), scale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="builtin:tiny-arith")
+    parser.add_argument("--train", type=int, default=4000, help="train-split pairs to fit on")
+    parser.add_argument("--eval", type=int, default=512, help="eval-split pairs to test on")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+
+    from align.models import load_model_and_tokenizer
+    from align.tasks.preference import preference_pairs
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    from rm_per_kind import KINDS, pair_kind
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    model.eval()
+    train = pair_features(model, tokenizer, "train", args.train, args.seed)
+    held_out = pair_features(model, tokenizer, "eval", args.eval, args.seed)
+    kinds = [pair_kind(r["prompt"], r["chosen"], r["rejected"]) for r in preference_pairs("eval", args.eval, args.seed)]
+    for name in ("last_token", "logprob", "both"):
+        w, scale = fit_probe(train[name])
+        right = ((held_out[name] / scale) @ w > 0).tolist()
+        row = {"feature": name, "dims": int(w.numel()), "eval_accuracy": round(sum(right) / len(right), 4)}
+        for kind in KINDS:
+            hits = [ok for ok, k in zip(right, kinds) if k == kind]
+            row[kind] = round(sum(hits) / max(len(hits), 1), 4)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
