@@ -9,6 +9,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -171,3 +173,18 @@ def test_two_processes_equal_one(tmp_path, repo):
     single = losses(train_dpo(cfg).run_dir)
     assert json.load(open(out_dir / "summary.json"))["num_processes"] == 2
     assert losses(out_dir) == pytest.approx(single, abs=1e-5)
+
+
+def test_frozen_embeddings_ablation_freezes_exactly_embeddings_and_head(tmp_path, repo):
+    proc = subprocess.run(
+        [sys.executable, "scripts/dpo_frozen_embeddings.py", "--seeds", "0", "--runs-dir", str(tmp_path),
+         "--override", "model=scratch:test", "train.steps=1", "train.batch_size=8", "data.num_train=16",
+         "data.num_eval=8", "eval.num_prompts=4", "eval.max_new_tokens=3", "train.eval_every=0"],
+        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _ = load_model_and_tokenizer("scratch:test")
+    frozen = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    summary = json.load(open(next(tmp_path.glob("*/summary.json"))))
+    assert summary["mode"] == "full" and summary["trainable_parameters"] == total - frozen
