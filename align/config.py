@@ -190,6 +190,8 @@ class RecipeConfig:
 # ---- loading ------------------------------------------------------------------------------------
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:  # the allowed values, not the word "Literal"
+        return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

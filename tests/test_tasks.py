@@ -105,6 +105,9 @@ def test_sft_and_pair_rows():
         (" i do not know", None),
         (" 68\nQ: 1+2=? A: 3", 68),  # a run-on next question is ignored
         (" 23-5", 5),  # a minus glued to a digit is an operator, not a sign
+        (" 1,234", 1234),  # thousands separators, as GSM8K answers write them
+        (" so 1,234,567 dollars", 1234567),
+        (" 3, 4", 4),  # a comma then a space separates two numbers
     ],
 )
 def test_extract_answer(completion, expected):

@@ -174,7 +174,9 @@ def arithmetic_preference_rows(split: str, n: int, seed: int = 0, world: Arithme
 # ---------------------------------------------------------------- verifier
 
 # An integer not glued to a digit on its left ("23-5" yields 23 and 5, not 23 and -5).
-_INTEGER = re.compile(r"(?<!\d)-?\d+")
+# An integer, with thousands separators allowed ("1,234" is 1234, as GSM8K answers write it);
+# "3, 4" (a space after the comma) is two integers.
+_INTEGER = re.compile(r"(?<![\d,])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
 
 
 def extract_answer(completion: str) -> int | None:
@@ -184,7 +186,7 @@ def extract_answer(completion: str) -> int | None:
     """
     completion = completion.split("Q:", 1)[0]
     matches = _INTEGER.findall(completion)
-    return int(matches[-1]) if matches else None
+    return int(matches[-1].replace(",", "")) if matches else None
 
 
 def is_correct(completion: str, answer: int) -> bool:
