@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from align.models import align_home, builtin_base_dir
@@ -116,16 +117,44 @@ def _evaluate_base(path: str) -> dict[str, float]:
     return {k: round(v, 4) for k, v in result.items()}
 
 
-def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
-    """Build `name` if it is not cached (or `force`); return its folder."""
-    from align.config import load_recipe
-    from align.trainers.sft import train_sft
+@contextmanager
+def _caller_state_kept():
+    """Keep the calling process's torch threads and RNG states (torch, Python, NumPy) as they
+    were. A base is built inside whatever first asks for it, often a training run that has
+    already seeded itself and set its threads; without this, that run would continue with the
+    build's thread count and RNG state, and its first run would differ from every later one."""
+    import random
 
+    import numpy as np
+    import torch
+
+    threads = torch.get_num_threads()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():  # the CPU generator and every initialised CUDA one
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
+    """Build `name` if it is not cached (or `force`); return its folder. The caller's torch
+    threads and RNG states are the same afterwards (see `_caller_state_kept`)."""
     if name not in BASE_RECIPES:
         raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BASE_RECIPES)}")
     final = builtin_base_dir(name)
     if is_built(name) and not force:
         return str(final)
+    with _caller_state_kept():
+        return _build(name, final)
+
+
+def _build(name: str, final: Path) -> str:
+    from align.config import load_recipe
+    from align.trainers.sft import train_sft
+
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
     print(f"building {name} (once; cached in {final}) ...", flush=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import torch
 
 import align.build_base as build
@@ -12,12 +14,24 @@ import align.build_base as build
 def test_build_is_deterministic_cached_and_rebuilt_when_the_recipe_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
     fast = [o for o in build.BASE_RECIPES["builtin:tiny-arith"] if not o.startswith(("model=", "train.steps=", "data.num_train=", "train.threads="))]
-    fast += ["model=scratch:test", "train.steps=5", "data.num_train=200", "train.threads=1"]
+    # 2 build threads, so that a thread count leaking out of the build into its caller shows
+    fast += ["model=scratch:test", "train.steps=5", "data.num_train=200", "train.threads=2"]
     monkeypatch.setitem(build.BASE_RECIPES, "builtin:tiny-arith", fast)
 
     from align.models import load_model_and_tokenizer
 
+    # The build runs inside its caller (often a training run that has seeded itself and set its
+    # threads): the caller's threads and RNG streams must come out of it unchanged.
+    torch.set_num_threads(1)
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    states = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.random.set_rng_state(states[0]), random.setstate(states[1]), np.random.set_state(states[2])
     model, tokenizer = load_model_and_tokenizer("builtin:tiny-arith")  # builds on first use
+    assert torch.get_num_threads() == 1
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
     path = tmp_path / "home" / "bases" / "tiny-arith"
     info = json.loads((path / "BUILD_INFO.json").read_text())
     assert info["fingerprint"] == build.base_fingerprint("builtin:tiny-arith")
