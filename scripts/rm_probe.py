@@ -1,8 +1,11 @@
 """What a FROZEN base already knows about the built-in preference pairs: linear probes.
 
     OMP_NUM_THREADS=1 python scripts/rm_probe.py [--model builtin:tiny-arith] [--train 4000] [--eval 512]
+    # your model and preference files (prompt/chosen/rejected, implicit-prompt or messages rows):
+    OMP_NUM_THREADS=1 python scripts/rm_probe.py --model MODEL --train-file train.jsonl --eval-file eval.jsonl
 
-For each pair of the built-in preference task (train split to fit, eval split to test), features
+For each preference pair (the built-in task's train split, or `--train-file`, to fit; its eval
+split, or `--eval-file`, to test; at most --train / --eval pairs of each), features
 of the chosen and of the rejected text are read from the frozen base (no adapter, no training of
 the model), and a logistic regression on chosen-minus-rejected features (L-BFGS, standardised,
 small L2) predicts which side is preferred, as a reward model's Bradley-Terry head would. Features:
@@ -13,8 +16,10 @@ small L2) predicts which side is preferred, as a reward model's Bradley-Terry he
                  terms of `reward.readout: last_token+logprob` read
     both         the two together
 
-Printed: held-out accuracy overall and per kind of pair (see scripts/rm_per_kind.py). A probe
-that fails says the information is not linearly there at the start; training can still move it
+Printed: held-out accuracy overall, and per kind of pair on the built-in task (see
+scripts/rm_per_kind.py). Use it before choosing `reward.readout`: if `last_token` probes far
+below `logprob`, a last-token head will have to learn the judgement from scratch. A probe that
+fails says the information is not linearly there at the start; training can still move it
 there (an adapter or a full fine-tune), which is what the reward-model runs measure.
 """
 
@@ -28,14 +33,19 @@ import torch
 
 
 @torch.no_grad()
-def pair_features(model, tokenizer, split: str, n: int, seed: int, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """{feature: (chosen - rejected) of shape (n, d)} for the first n pairs of `split`."""
+def pair_features(model, tokenizer, split: str, n: int, seed: int, data_file: str | None = None,
+                  max_length: int = 64, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """{feature: (chosen - rejected) of shape (n, d)} for the first n pairs of `split` of the
+    built-in preference task, or of `data_file` when given (bad rows stop with the usual error)."""
     from align.config import load_recipe
     from align.data.batching import collate_pairs
     from align.data.loading import SkipCounter, load_examples
     from align.logprobs import last_token_index, position_ids_from_mask, reduce_logprobs, sequence_logprobs
 
-    cfg = load_recipe(None, ["method=reward", "data.task=preference", f"data.num_train={n}", f"data.num_eval={n}"])
+    overrides = ["method=reward", "data.task=preference", f"data.num_train={n}", f"data.num_eval={n}", f"data.max_length={max_length}"]
+    if data_file is not None:
+        overrides += [f"data.train_file={data_file}", f"data.eval_file={data_file}", "data.task=null"]
+    cfg = load_recipe(None, overrides)
     examples = load_examples(cfg.data, tokenizer, "pairs", split, seed, SkipCounter())[:n]
     diffs: dict[str, list[torch.Tensor]] = {"last_token": [], "logprob": []}
     for i in range(0, len(examples), batch_size):
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=4000, help="train-split pairs to fit on")
     parser.add_argument("--eval", type=int, default=512, help="eval-split pairs to test on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-file", default=None, help="preference rows to fit on (default: the built-in task)")
+    parser.add_argument("--eval-file", default=None, help="preference rows to test on (needed with --train-file)")
+    parser.add_argument("--max-length", type=int, default=64, help="longer pairs stop the run, as in training")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -88,14 +101,23 @@ def main(argv: list[str] | None = None) -> int:
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     model.eval()
-    train = pair_features(model, tokenizer, "train", args.train, args.seed)
-    held_out = pair_features(model, tokenizer, "eval", args.eval, args.seed)
-    kinds = [pair_kind(r["prompt"], r["chosen"], r["rejected"]) for r in preference_pairs("eval", args.eval, args.seed)]
+    if (args.train_file is None) != (args.eval_file is None):
+        parser.error("--train-file and --eval-file go together")
+    from align.data.loading import DataError
+
+    try:
+        train = pair_features(model, tokenizer, "train", args.train, args.seed, args.train_file, args.max_length)
+        held_out = pair_features(model, tokenizer, "eval", args.eval, args.seed, args.eval_file, args.max_length)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    builtin = args.eval_file is None
+    kinds = [pair_kind(r["prompt"], r["chosen"], r["rejected"]) for r in preference_pairs("eval", args.eval, args.seed)] if builtin else []
     for name in ("last_token", "logprob", "both"):
         w, scale = fit_probe(train[name])
         right = ((held_out[name] / scale) @ w > 0).tolist()
-        row = {"feature": name, "dims": int(w.numel()), "eval_accuracy": round(sum(right) / len(right), 4)}
-        for kind in KINDS:
+        row = {"feature": name, "dims": int(w.numel()), "eval_pairs": len(right), "eval_accuracy": round(sum(right) / len(right), 4)}
+        for kind in KINDS if builtin else ():
             hits = [ok for ok, k in zip(right, kinds) if k == kind]
             row[kind] = round(sum(hits) / max(len(hits), 1), 4)
         print(json.dumps(row), flush=True)

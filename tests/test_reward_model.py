@@ -284,3 +284,24 @@ def test_probe_script_runs_on_a_tiny_model(repo):
     assert [r["feature"] for r in rows] == ["last_token", "logprob", "both"]
     assert [r["dims"] for r in rows] == [32, 2, 34]
     assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in rows)
+
+
+def test_probe_script_on_user_files(tmp_path, repo):
+    from align.tasks.preference import preference_pairs
+
+    for split, n in (("train", 40), ("eval", 12)):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for row in preference_pairs(split, n, seed=3):
+                f.write(json.dumps(row) + "\n")
+    command = [sys.executable, "scripts/rm_probe.py", "--model", "scratch:test", "--train-file", str(tmp_path / "train.jsonl"),
+               "--eval-file", str(tmp_path / "eval.jsonl")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["eval_pairs"] for r in rows] == [12, 12, 12]
+    assert all("padded_vs_wrong" not in r for r in rows)  # kinds exist only for the built-in task
+    with open(tmp_path / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"prompt": "Q: 1+1=? A:", "chosen": " 2", "rejected": " 2"}) + "\n")  # a tie
+    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "eval.jsonl: row 12: field 'rejected'" in proc.stderr, proc.stderr[-2000:]
