@@ -105,6 +105,7 @@ class RewardSettings:
         "What the scalar head reads: the last token's hidden state, or that plus the completion's "
         "sum and mean log-prob under the reward role (see align.role_helpers.ScalarHead).",
     )
+    head_lr: Optional[float] = _f(None, "Learning rate of the scalar head (default: the run's learning rate, as for the adapter or copy).")
 
 
 @dataclass
@@ -286,6 +287,8 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
     if cfg.optimizer.lr < 0:
         bad("optimizer.lr", f"must not be negative, got {cfg.optimizer.lr}")
+    if cfg.reward.head_lr is not None and cfg.reward.head_lr < 0:
+        bad("reward.head_lr", f"must not be negative, got {cfg.reward.head_lr}")
     if cfg.optimizer.weight_decay < 0:
         bad("optimizer.weight_decay", f"must not be negative, got {cfg.optimizer.weight_decay}")
     if cfg.optimizer.warmup_steps < 0:

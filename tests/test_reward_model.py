@@ -305,3 +305,16 @@ def test_probe_script_on_user_files(tmp_path, repo):
         f.write(json.dumps({"prompt": "Q: 1+1=? A:", "chosen": " 2", "rejected": " 2"}) + "\n")  # a tie
     proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and "eval.jsonl: row 12: field 'rejected'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_head_learning_rate_is_its_own_param_group(tmp_path):
+    # head LR 0: the head stays at its initial weights (those of an LR-0 run) while the adapter trains
+    frozen_head = run(tmp_path, "h0", "train.steps=2", "reward.head_lr=0")
+    untrained = run(tmp_path, "lr0", "train.steps=1", "optimizer.lr=0")
+    default = run(tmp_path, "default", "train.steps=2")
+    assert torch.equal(frozen_head.model.head("reward").weight, untrained.model.head("reward").weight)
+    assert not torch.equal(default.model.head("reward").weight, untrained.model.head("reward").weight)
+    lora_b = [v for k, v in frozen_head.model.model.state_dict().items() if "lora_B.reward" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    with pytest.raises(Exception, match="reward.head_lr"):
+        load_recipe(None, FAST + ["reward.head_lr=-1"])

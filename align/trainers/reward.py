@@ -26,7 +26,8 @@ plus `head.safetensors` and the tokenizer), which `SharedBase.add_reward(path)` 
 `summary.json` with held-out accuracy before/after and the memory report (bytes of base weights,
 adapters, heads, gradients and optimizer state, and the measured peak; also in metrics.jsonl).
 
-Per-pair margins (`reward.margin: true`) are read from a `margin` column of the data files.
+Per-pair margins (`reward.margin: true`) are read from a `margin` column of the data files. The
+head can have its own learning rate (`reward.head_lr`; default: the run's), same schedule.
 
 Left out: ensembles, reward centering/normalisation of the head output, multi-objective heads.
 """
@@ -146,7 +147,13 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     named_model = [(n, p) for n, p in reward_model.named_parameters() if p.requires_grad]
     named_params = named_model + [(f"reward_head.{n}", p) for n, p in head.named_parameters()]
     assert {id(p) for _, p in named_params} == {id(p) for p in params}, "reward role parameters and names disagree"
-    optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
+    # One AdamW; the head gets its own param group when `reward.head_lr` is set (same schedule).
+    head_ids = {id(p) for p in head.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in head_ids]},
+              {"params": [p for p in params if id(p) in head_ids]}]
+    if cfg.reward.head_lr is not None:
+        groups[1]["lr"] = cfg.reward.head_lr
+    optimizer = make_optimizer(groups, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
 
     optimizers, schedulers = {ROLE: optimizer}, {ROLE: scheduler}
