@@ -139,6 +139,7 @@ STUDIES: dict[str, Study] = {
         recipe="recipes/rm_lora.yaml",
         overrides=[
             "optimizer.lr_rule=false",  # every LR here is the LR actually used (adapter or copy, and head)
+            "reward.head_lr=null",  # the head shares the run's LR; --override reward.head_lr=X pins it
             "train.eval_every=100", "tracking.wandb=false", "train.threads=1",
         ],
         configurations=[
