@@ -27,6 +27,11 @@ HEAD_FILE = "head.safetensors"
 READOUTS = ("last_token", "last_token+logprob")
 
 
+def check_readout(readout: str) -> None:
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+
+
 class ScalarHead(nn.Linear):
     """A role's scalar head: `w . h + b` on a final hidden state (after the final norm), float32.
 
@@ -49,8 +54,7 @@ class ScalarHead(nn.Linear):
     A subclass of `nn.Linear`, so `weight`/`bias` and the saved keys stay those of a linear head."""
 
     def __init__(self, hidden_size: int, readout: str = "last_token", device: Any = None) -> None:
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        check_readout(readout)
         super().__init__(hidden_size, 1, device=device, dtype=torch.float32)
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(hidden_size + 1))
         nn.init.zeros_(self.bias)

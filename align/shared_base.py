@@ -76,10 +76,11 @@ from align.logprobs import (
     position_ids_from_mask,
     reduce_logprobs,
     sequence_logprobs,
+    sum_and_mean_logprobs,
 )
 from align.lora import peft_lora_config
 from align.role_helpers import (
-    HEAD_FILE, READOUTS, CheckpointContextFn, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
+    HEAD_FILE, CheckpointContextFn, check_readout, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
     save_head,
 )
 
@@ -252,8 +253,7 @@ class SharedBase:
         return head
 
     def _add_fresh(self, role: str, trainable: bool, with_head: bool, readout: str = "last_token") -> None:
-        if readout not in READOUTS:  # before anything is added
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        check_readout(readout)  # before anything is added
         if self.mode == "lora":
             self._add_adapter(role, copy.deepcopy(self._lora_config), trainable)
             entry = _Role(role, trainable, adapter=role)
@@ -508,9 +508,7 @@ class SharedBase:
             if head.uses_logprobs:
                 lm_head = self.role_model(role).get_output_embeddings()
                 mask_BT = completion_mask_BT * attention_mask_BT
-                token_logps_BT = sequence_logprobs(lm_head(hidden_BTH), input_ids_BT, mask_BT)
-                features_B2 = torch.stack([reduce_logprobs(token_logps_BT, mask_BT),
-                                           reduce_logprobs(token_logps_BT, mask_BT, average=True)], dim=-1)
+                features_B2 = sum_and_mean_logprobs(sequence_logprobs(lm_head(hidden_BTH), input_ids_BT, mask_BT), mask_BT)
             return head.score(last_BH, features_B2)
 
     def values(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
