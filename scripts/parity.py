@@ -66,12 +66,12 @@ class Study:
     recipe: str
     overrides: list[str]
     configurations: list[Configuration]
-    seeds: list[int]
     metric: str  # key of summary.json's eval_after (higher is better), and of metrics.jsonl as eval/<metric>
     metric_label: str
     secondary: list[str] = field(default_factory=list)  # more eval_after keys reported beside it
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     smoke_overrides: list[str] = field(default_factory=list)
-    smoke_configurations: list[str] = field(default_factory=list)  # names kept in --smoke
+    smoke_configurations: list[str] = field(default_factory=lambda: ["full", "lora_r4"])  # names kept in --smoke
     smoke_lr_indices: tuple[int, int] = (0, -1)
 
 
@@ -79,14 +79,19 @@ def _lora(rank: int, lrs: list[float]) -> Configuration:
     return Configuration(f"lora_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all"], lrs)
 
 
+def _full_and_lora(full_lrs: list[float], lora_lrs: list[float]) -> list[Configuration]:
+    """The configurations every study compares: FullFT, and LoRA on all layers at ranks 1, 4, 8."""
+    return [Configuration("full", ["mode=full"], full_lrs), *(_lora(rank, lora_lrs) for rank in (1, 4, 8))]
+
+
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
 LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
 FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the top edge of the first grid
+LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 # x ~3.16 grids, then refined around the best of each (5e-4, 2e-3 for FullFT; 2e-3, 5e-3 for
 # LoRA) after FullFT's best (1e-3) had one seed of three far below the others.
 FULL_RM_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3]
 LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
-LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 
 STUDIES: dict[str, Study] = {
     "dpo": Study(
@@ -96,19 +101,12 @@ STUDIES: dict[str, Study] = {
             "train.steps=60", "train.batch_size=32", "train.log_every=10", "train.eval_every=30",
             "eval.num_prompts=256", "data.num_eval=256", "tracking.wandb=false", "train.threads=1",
         ],
-        configurations=[
-            Configuration("full", ["mode=full"], FULL_DPO_LRS),
-            _lora(1, LORA_DPO_LRS),
-            _lora(4, LORA_DPO_LRS),
-            _lora(8, LORA_DPO_LRS),
-        ],
-        seeds=[0, 1, 2],
+        configurations=_full_and_lora(FULL_DPO_LRS, LORA_DPO_LRS),
         metric="gold_score_sampled",
         metric_label="gold score of sampled completions (held-out prompts)",
         secondary=["pairs/rewards/accuracies", "accuracy_sampled"],
         smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
                          "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"],
-        smoke_configurations=["full", "lora_r4"],
     ),
     # PPO on the arithmetic task with the verifiable reward (recipes/ppo_lora.yaml): policy and
     # critic are adapters of the given rank (full: full copies); the metric is sampled accuracy.
@@ -118,20 +116,13 @@ STUDIES: dict[str, Study] = {
             "optimizer.lr_rule=false",  # every LR here is the LR actually used (policy and value)
             "train.eval_every=10", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
         ],
-        configurations=[
-            Configuration("full", ["mode=full"], FULL_PPO_LRS),
-            _lora(1, LORA_PPO_LRS),
-            _lora(4, LORA_PPO_LRS),
-            _lora(8, LORA_PPO_LRS),
-        ],
-        seeds=[0, 1, 2],
+        configurations=_full_and_lora(FULL_PPO_LRS, LORA_PPO_LRS),
         metric="accuracy_sampled",
         metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
         secondary=["accuracy_greedy", "mean_response_length"],
         smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "ppo.rollout_batch_size=8",
                          "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
                          "eval.max_new_tokens=4"],
-        smoke_configurations=["full", "lora_r4"],
     ),
     # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the
     # last_token+logprob head): the metric is pairwise accuracy on held-out pairs.
@@ -142,19 +133,12 @@ STUDIES: dict[str, Study] = {
             "reward.head_lr=null",  # the head shares the run's LR; --override reward.head_lr=X pins it
             "train.eval_every=100", "tracking.wandb=false", "train.threads=1",
         ],
-        configurations=[
-            Configuration("full", ["mode=full"], FULL_RM_LRS),
-            _lora(1, LORA_RM_LRS),
-            _lora(4, LORA_RM_LRS),
-            _lora(8, LORA_RM_LRS),
-        ],
-        seeds=[0, 1, 2],
+        configurations=_full_and_lora(FULL_RM_LRS, LORA_RM_LRS),
         metric="pairs/accuracy",
         metric_label="pairwise accuracy on held-out preference pairs",
         secondary=["pairs/margin", "pairs/loss"],
         smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
                          "data.num_train=64", "data.num_eval=16"],
-        smoke_configurations=["full", "lora_r4"],
     ),
 }
 
