@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from align.config import load_recipe
 from align.losses import PREFERENCE_LOSSES
 from align.models import load_model_and_tokenizer
 from align.trainers.dpo import train_dpo
+from tests.helpers import crash_after_checkpoint
 
 FAST = [
     "method=dpo", "model=scratch:test", "data.task=preference", "data.num_train=64", "data.num_eval=16",
@@ -140,10 +140,7 @@ def test_gradient_accumulation_invariance(tmp_path):
 def test_resume_continues_the_exact_loss_curve(tmp_path):
     unbroken = losses(run(tmp_path, "unbroken", "train.steps=6").run_dir)
     crashed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3").run_dir
-    ckpts = os.path.join(crashed, "checkpoints")
-    shutil.rmtree(os.path.join(ckpts, "step-000006"))
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("step-000003")
+    ckpts = crash_after_checkpoint(crashed, 3)
     assert os.path.exists(os.path.join(ckpts, "step-000003", "adapter", "adapter_config.json"))
     resumed = losses(run(tmp_path, "crashed", "train.steps=6", "train.save_every=3", "resume=true").run_dir)
     assert len(resumed) == 6  # metrics rows after the checkpoint were replaced, not duplicated

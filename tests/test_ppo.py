@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.ppo import train_ppo
 from align.trainers.ppo_rollout import collect_experience, parse_answer, parse_reward_spec
+from tests.helpers import crash_after_checkpoint
 
 FAST = [
     "method=ppo", "model=scratch:test", "data.task=arithmetic", "data.num_train=64", "lora.rank=4",
@@ -175,10 +175,7 @@ def test_resume_repeats_the_unbroken_run_exactly(tmp_path):
     extra = ["train.steps=4", "ppo.adaptive_kl=true", "ppo.kl_target=0.01", "ppo.kl_horizon=10"]
     unbroken = run(tmp_path, "unbroken", *extra).run_dir
     crashed = run(tmp_path, "crashed", *extra, "train.save_every=2").run_dir
-    ckpts = os.path.join(crashed, "checkpoints")
-    shutil.rmtree(os.path.join(ckpts, "step-000004"))
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("step-000002")
+    crash_after_checkpoint(crashed, 2)
     resumed = run(tmp_path, "crashed", *extra, "train.save_every=2", "resume=true").run_dir
     for key in keys:
         assert len(curve(resumed, key)) == 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.reward import train_reward
 from reward_models import LearnedReward, RewardFunction, build_reward, load_learned_reward
+from tests.helpers import crash_after_checkpoint
 
 FAST = [
     "method=reward", "model=scratch:test", "data.task=preference", "data.num_train=64", "data.num_eval=32",
@@ -232,10 +232,7 @@ def test_gradient_accumulation_invariance(tmp_path):
 def test_resume_continues_the_exact_loss_curve(tmp_path):
     unbroken = run(tmp_path, "unbroken", "train.steps=6")
     crashed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3").run_dir
-    ckpts = os.path.join(crashed, "checkpoints")
-    shutil.rmtree(os.path.join(ckpts, "step-000006"))
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("step-000003")
+    ckpts = crash_after_checkpoint(crashed, 3)
     assert os.path.exists(os.path.join(ckpts, "step-000003", "adapter", "head.safetensors"))
     resumed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3", "resume=true")
     assert len(losses(resumed.run_dir)) == 6  # rows after the checkpoint were replaced, not duplicated

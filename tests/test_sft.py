@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from align.config import load_recipe
 from align.models import load_model_and_tokenizer
 from align.trainers.sft import train_sft
+from tests.helpers import crash_after_checkpoint
 
 FAST = [
     "model=scratch:test", "data.task=arithmetic", "data.num_train=64", "data.num_eval=16",
@@ -92,15 +93,10 @@ def test_gradient_accumulation_invariance(tmp_path):
 
 
 def test_resume_continues_the_exact_loss_curve(tmp_path):
-    import shutil
-
     unbroken = losses(run(tmp_path, "unbroken", "train.steps=6").run_dir)
     # A run that checkpointed at step 3 and was then killed: drop everything after step 3.
     crashed = run(tmp_path, "crashed", "train.steps=6", "train.save_every=3").run_dir
-    ckpts = os.path.join(crashed, "checkpoints")
-    shutil.rmtree(os.path.join(ckpts, "step-000006"))
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("step-000003")
+    ckpts = crash_after_checkpoint(crashed, 3)
     ckpt = load_file(os.path.join(ckpts, "step-000003", "trainable.safetensors"))
     assert ckpt and all("lora_" in k for k in ckpt)
     resumed = losses(run(tmp_path, "crashed", "train.steps=6", "train.save_every=3", "resume=true").run_dir)
