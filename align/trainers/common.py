@@ -106,7 +106,8 @@ def start_run(cfg: RecipeConfig) -> Run:
     return Run(cfg, accelerator, run_dir, tracker, derived)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: RecipeConfig, lr: float) -> torch.optim.AdamW:
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], cfg: RecipeConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over parameters, or over param groups (a group's own "lr" overrides `lr`)."""
     o = cfg.optimizer
     return torch.optim.AdamW(params, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
 
