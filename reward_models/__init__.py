@@ -7,7 +7,14 @@
   `load_learned_reward`), registered as `learned` so `build_reward` finds it too.
 """
 
-from reward_models.base import REWARD_REGISTRY, RewardFunction, RewardOutput, build_reward, register_reward
+from reward_models.base import (
+    REWARD_REGISTRY,
+    RewardFunction,
+    RewardOutput,
+    build_reward,
+    register_reward,
+    reward_needs_answer,
+)
 from reward_models.learned import LearnedReward, load_learned_reward
 from reward_models.verifiable import (
     ArithmeticCorrectness,
@@ -30,4 +37,5 @@ __all__ = [
     "build_reward",
     "load_learned_reward",
     "register_reward",
+    "reward_needs_answer",
 ]

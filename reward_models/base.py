@@ -5,6 +5,11 @@ What it does:
   `fn(prompts: list[str], completions: list[str], **metadata) -> RewardOutput`, where metadata
   carries per-row lists the trainer knows (`answers` for the built-in tasks, `response_lengths`
   in tokens) and the output holds one float per row plus per-row diagnostics in `info`;
+- `needs_answer`: a reward that reads each row's answer (the `answers` metadata: a verifiable
+  correctness reward) declares the class attribute `needs_answer = True`; one that does not (a
+  learned reward model, format, length) declares False, and rows without an answer (a user's
+  prompt file with no answer column) reach it with answer None. `reward_needs_answer(fn)` reads
+  it (False when undeclared); PPO asks for an answer column only when a configured reward needs it;
 - `RewardOutput(scores, info)`;
 - a registry: `register_reward(name)` decorates a factory (a class or function taking keyword
   arguments), `build_reward(spec)` builds one from a recipe's spec: a name (`"arithmetic_correctness"`),
@@ -45,6 +50,12 @@ class RewardFunction(Protocol):
     name: str
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput: ...
+
+
+def reward_needs_answer(reward: Any) -> bool:
+    """Whether a reward (an instance, or a registered factory) reads each row's answer: its
+    declared `needs_answer`, False when it declares none (see the module docstring)."""
+    return getattr(reward, "needs_answer", False) is True
 
 
 REWARD_REGISTRY: dict[str, Callable[..., RewardFunction]] = {}

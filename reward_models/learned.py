@@ -42,6 +42,7 @@ class LearnedReward:
     """A scalar-head role of a SharedBase as a reward function (see the module docstring)."""
 
     name = "learned"
+    needs_answer = False  # scores the text alone; rows without an answer are fine
 
     def __init__(self, shared_base: Any, tokenizer: Any = None, role: str = "reward", batch_size: int = 32) -> None:
         if not shared_base.has_role(role):

@@ -11,7 +11,8 @@ What it does, each behind the `RewardFunction` interface and registered by name 
     weighted_sum            WeightedSum(terms)        sum of weight * term score
 
 The answer of each row comes from the `answers` metadata when given, otherwise it is parsed from
-the built-in prompt format (`"Q: 23+45=? A:"`).
+the built-in prompt format (`"Q: 23+45=? A:"`). Correctness and the gold rule read it
+(`needs_answer = True`); format and length do not, nor does a weighted sum of rewards that do not.
 
 What it leaves out: learned reward models (`reward_models.learned`).
 
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 from align.tasks.arithmetic import answer_of, extract_answer
 from align.tasks.preference import gold_score
-from reward_models.base import RewardFunction, RewardOutput, register_reward
+from reward_models.base import RewardFunction, RewardOutput, register_reward, reward_needs_answer
 
 
 def _answers(prompts: Sequence[str], metadata: dict[str, Any]) -> list[int]:
@@ -46,6 +47,7 @@ class ArithmeticCorrectness:
     """1.0 when the completion's extracted answer equals the answer, else 0.0."""
 
     name = "arithmetic_correctness"
+    needs_answer = True
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput:
         _check_lengths(prompts, completions)
@@ -60,6 +62,7 @@ class FormatReward:
     """1.0 when an integer answer can be extracted; with `strict`, only for a bare integer."""
 
     name = "format"
+    needs_answer = False
 
     def __init__(self, strict: bool = False):
         self.strict = strict
@@ -82,6 +85,7 @@ class LengthPenalty:
     """
 
     name = "length_penalty"
+    needs_answer = False
 
     def __init__(self, per_token: float = 0.0, per_char: float = 0.0, tokenizer=None):
         if per_token < 0 or per_char < 0:
@@ -108,6 +112,7 @@ class GoldPreferenceRule:
     """The preference task's gold score: 1 concise correct, <0.5 padded correct, 0 wrong."""
 
     name = "gold_preference"
+    needs_answer = True
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput:
         _check_lengths(prompts, completions)
@@ -126,6 +131,10 @@ class WeightedSum:
         if not terms:
             raise ValueError("WeightedSum needs at least one (weight, reward) term")
         self.terms = [(float(weight), fn) for weight, fn in terms]
+
+    @property
+    def needs_answer(self) -> bool:
+        return any(reward_needs_answer(fn) for _, fn in self.terms)
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput:
         _check_lengths(prompts, completions)

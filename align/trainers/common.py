@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from align.config import RecipeConfig, save_resolved
+from align.config import RecipeConfig, preflight, save_resolved
 from align.tracking import Tracker, new_run_dir
 
 
@@ -65,10 +65,15 @@ def set_seed(seed: int) -> None:
 
 
 def start_run(cfg: RecipeConfig) -> Run:
-    """Accelerator, threads, seed, run directory, resolved config and tracker."""
+    """Pre-load checks, accelerator, threads, seed, run directory, resolved config and tracker.
+
+    `preflight` runs first, before any file is written or model loaded: a wrong path, a saved
+    adapter that does not fit the model, or resume without a checkpoint stops here with one
+    ConfigError line (and it settles lora.* from an init adapter before config.yaml records them)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    preflight(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     # Roles that skip a forward on some step (e.g. a frozen reward adapter) leave parameters
@@ -95,9 +100,7 @@ def start_run(cfg: RecipeConfig) -> Run:
 
             # Every process must agree on the folder that the main process names.
             run_dir = Path(broadcast_object_list([str(run_dir)], from_process=0)[0])
-    if accelerator.is_main_process:
-        if run_dir.exists() and not cfg.resume and (run_dir / "checkpoints").exists():
-            raise SystemExit(f"{run_dir} already holds a run; pass resume=true to continue it, or another output_dir")
+    if accelerator.is_main_process:  # preflight refused a fresh run in another run's folder
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()

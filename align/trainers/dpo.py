@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from align.config import RecipeConfig
+from align.config import RecipeConfig, adapter_load_errors
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
@@ -149,8 +149,9 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     acc = run.accelerator
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
-    base.add_policy(init_adapter=cfg.dpo.init_adapter)
-    base.add_reference()
+    with adapter_load_errors("dpo.init_adapter", cfg.dpo.init_adapter):  # a misfit: one ConfigError line
+        base.add_policy(init_adapter=cfg.dpo.init_adapter)
+        base.add_reference()
     policy_model = base.role_model("policy")
     policy_model.train()
     trainable, total = count_parameters(policy_model)

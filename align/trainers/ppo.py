@@ -38,7 +38,7 @@ import time
 import torch
 
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from align.config import RecipeConfig
+from align.config import RecipeConfig, adapter_load_errors
 from align.data.batching import BatchStream, shard
 from align.lora import effective_learning_rate
 from align.losses.policy import AdaptiveKLController, FixedKLController
@@ -90,13 +90,15 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         raise SystemExit(f"ppo.rollout_batch_size and ppo.minibatch_size must divide by the {run.world} processes")
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
-    base.add_policy(init_adapter=ppo.init_adapter)
-    base.add_reference()
+    with adapter_load_errors("ppo.init_adapter", ppo.init_adapter):  # a misfit: one ConfigError line
+        base.add_policy(init_adapter=ppo.init_adapter)
+        base.add_reference()
     learned = None
     if any(name == LEARNED for _, name in parse_reward_spec(ppo.reward)):
         from reward_models.learned import load_learned_reward
 
-        learned = load_learned_reward(ppo.reward_model, base)  # adds the frozen reward role
+        with adapter_load_errors("ppo.reward_model", ppo.reward_model):
+            learned = load_learned_reward(ppo.reward_model, base)  # adds the frozen reward role
     reward_fn = build_training_reward(ppo.reward, learned)
     gold_fn = None
     if ppo.gold_reward:

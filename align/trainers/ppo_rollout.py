@@ -5,7 +5,10 @@ What it does:
 - `load_prompt_rows(cfg, split)`: PPO prompts `{"prompt", "answer"}` from the built-in task, a
   local JSON/JSONL/Parquet file (`align.data.loading.read_rows`) or a hub dataset (with
   `ppo.dataset_config`), with `ppo.prompt_field` / `ppo.answer_field` naming the columns; an
-  answer may be an integer or GSM8K text ending in `#### 42`;
+  answer may be an integer or GSM8K text ending in `#### 42`. The answer column is needed only
+  when a configured reward reads answers (`answer_readers(cfg)`: `ppo.reward` or
+  `ppo.gold_reward` with `needs_answer`, e.g. arithmetic_correctness); otherwise a row without
+  one gets answer None, which rollout, scoring and evaluation pass through untouched;
 - `parse_reward_spec("1.0*learned + 0.2*format")` and `build_training_reward(...)`: the reward the
   policy is trained on, any `reward_models` function, the learned reward role, or a weighted sum;
 - `collect_experience(...)`: one rollout batch -> an `Experience` (the "N implementation details
@@ -67,6 +70,19 @@ def _looks_local(path: str) -> bool:
     return Path(path).exists() or path.endswith((".json", ".jsonl", ".parquet"))
 
 
+def answer_readers(cfg) -> list[str]:
+    """The configured rewards that read each prompt's answer (`needs_answer`), named for an
+    error message: `["ppo.reward term 'arithmetic_correctness'", ...]`. A learned reward reads none."""
+    from reward_models.base import _lookup, reward_needs_answer
+
+    readers = []
+    for key, spec in (("ppo.reward", cfg.ppo.reward), ("ppo.gold_reward", cfg.ppo.gold_reward)):
+        for _, name in parse_reward_spec(spec) if spec else []:
+            if name != LEARNED and reward_needs_answer(_lookup(name)):
+                readers.append(f"{key} term {name!r}" if spec.strip() != name else f"{key} {name!r}")
+    return readers
+
+
 def load_prompt_rows(cfg, split: str) -> list[dict]:
     """`[{"prompt", "answer"}]` of `split` ("train" or "eval"), see the module docstring."""
     data, ppo = cfg.data, cfg.ppo
@@ -83,21 +99,37 @@ def load_prompt_rows(cfg, split: str) -> list[dict]:
     from align.data.loading import DataError, read_rows
 
     if _looks_local(path):
-        rows = [(r.data, f"{r.source}: row {r.index}") for r in read_rows(path)]
+        # `Row.where` ("file: line 3") where align.data.loading has it, else the older "file: row N"
+        rows = [(r.data, getattr(r, "where", None) or f"{r.source}: row {r.index}") for r in read_rows(path)]
     else:
         import datasets
 
         hub_split = "train" if split == "train" else ppo.eval_split
-        dataset = datasets.load_dataset(path, ppo.dataset_config, split=hub_split)
-        rows = [(dict(r), f"{path}[{hub_split}]: row {i}") for i, r in enumerate(dataset)]
+        try:
+            dataset = datasets.load_dataset(path, ppo.dataset_config, split=hub_split)
+        except Exception as err:  # datasets raises many types; say which dataset and why, in one line
+            reason = (str(err).strip().splitlines() or [""])[0]
+            raise DataError(f"{path}[{hub_split}]: could not be read as a dataset ({type(err).__name__}: {reason})") from None
+        rows = [(dict(r), f"{path}[{hub_split}]: row {i}") for i, r in enumerate(dataset, start=1)]
+    readers = answer_readers(cfg)
     out = []
     for record, where in rows:
         prompt = record.get(ppo.prompt_field)
         if not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{where}: field '{ppo.prompt_field}' must be a non-empty string", "missing_field")
-        if ppo.answer_field not in record:
-            raise DataError(f"{where}: field '{ppo.answer_field}' is missing", "missing_field")
-        out.append({"prompt": prompt, "answer": parse_answer(record[ppo.answer_field])})
+        answer = record.get(ppo.answer_field)
+        if answer is None and readers:
+            raise DataError(
+                f"{where}: field '{ppo.answer_field}' is missing, and {readers[0]} needs an answer for every prompt "
+                f"(name the answer column with ppo.answer_field, or use a reward that reads none, e.g. learned)",
+                "missing_field",
+            )
+        if answer is not None:
+            try:
+                answer = parse_answer(answer)
+            except ValueError as err:
+                raise DataError(f"{where}: field '{ppo.answer_field}': {err}", "wrong_type") from None
+        out.append({"prompt": prompt, "answer": answer})
     if split == "train":
         out = out[: data.num_train] if data.train_file is None else out
     else:
