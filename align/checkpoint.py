@@ -8,13 +8,17 @@ A checkpoint is a folder `checkpoints/step-NNNNNN/` holding:
 - `rng.safetensors`: torch CPU (and CUDA) RNG state;
 - `adapter/`: the policy (or reward) adapter in plain peft format, where there is one.
 
-It is written to a temporary folder and renamed into place, and `checkpoints/latest` (a text
-file naming the folder) is replaced atomically after that, so a run killed during a save leaves
-the previous checkpoint usable.
+It is written to a temporary folder `checkpoints/.tmp-*`, whose files and folders are fsynced, and
+renamed into place (then the `checkpoints` folder is fsynced, so the rename itself is durable);
+`checkpoints/latest` (a text file naming the folder) is replaced the same way after that. A run
+killed during a save leaves the previous checkpoint usable, and a `.tmp-*` folder that the next
+save or a resume removes (`remove_stale_temporaries`). If `latest` names a folder that is gone,
+the newest `step-*` folder is used (every one of them was complete when it was renamed in).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -54,6 +58,49 @@ def trainable_state(named_params: list[tuple[str, torch.nn.Parameter]]) -> dict[
     return {name: p.detach().cpu().contiguous() for name, p in named_params}
 
 
+TMP_PREFIX = ".tmp-"
+LATEST_TMP = ".latest.tmp"
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes new entries and renames in it durable).
+    Windows cannot open a folder, and a few file systems refuse to fsync one: skipped there."""
+    if os.name == "nt" and path.is_dir():
+        return
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not (path.is_dir() and err.errno in (errno.EINVAL, errno.EBADF, errno.ENOTSUP)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every folder, deepest first, `root` last."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what a killed save left in `run_dir/checkpoints`: `.tmp-*` folders (and the
+    `.latest.tmp` pointer). Only one save runs at a time in a run directory, so at the start of
+    a save or a resume every one of them is stale. Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    stale = sorted(p for p in root.iterdir() if p.name.startswith(TMP_PREFIX) or p.name == LATEST_TMP)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -64,11 +111,12 @@ def save_checkpoint(
     save_adapter: Callable[[Path], None] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically; keep the newest `keep` checkpoints."""
+    """Write checkpoint `step` atomically and durably; keep the newest `keep` checkpoints."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     save_file(trainable_state(named_params), str(tmp / "trainable.safetensors"))
     opt_scalars = {}
     for name, opt in optimizers.items():
@@ -92,12 +140,22 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(state))
     if save_adapter is not None:
         save_adapter(tmp / "adapter")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = root / ".latest.tmp"
-    latest_tmp.write_text(final.name)
+    _fsync_tree(tmp)  # contents on disk before the rename can make them visible
+    if final.exists():  # the same step saved again (e.g. a resumed run's last step)
+        old_copy = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+        os.replace(final, old_copy / final.name)  # set aside (stale if killed here); removed below
+        os.replace(tmp, final)
+        shutil.rmtree(old_copy, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_path(root)  # the rename itself
+    latest_tmp = root / LATEST_TMP
+    with open(latest_tmp, "w") as f:
+        f.write(final.name)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(latest_tmp, root / "latest")
+    _fsync_path(root)
     old = sorted(p for p in root.glob("step-*") if p.is_dir())
     for p in old[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
@@ -117,11 +175,15 @@ def _json_to_python_state(obj: Any) -> Any:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The folder `checkpoints/latest` names; if that folder is gone, the newest `step-*`."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.exists():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if path.is_dir():
+        return path
+    steps = sorted(p for p in pointer.parent.glob("step-*") if p.is_dir() and (p / "state.json").is_file())
+    return steps[-1] if steps else None
 
 
 def load_checkpoint(
@@ -130,7 +192,12 @@ def load_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
 ) -> dict[str, Any]:
-    """Restore parameters, optimizers, schedulers and RNG; return `{"step", "extra"}`."""
+    """Restore parameters, optimizers, schedulers and RNG; return `{"step", "extra"}`.
+
+    Resuming also removes the temporaries of a killed save next to `path`. (With several
+    processes each one does; none can be saving yet: the first save after a resume comes after
+    a training step, whose collectives wait for every process to finish loading.)"""
+    remove_stale_temporaries(path.parent.parent)
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(named_params)
     missing = sorted(set(params) - set(weights))

@@ -3,6 +3,8 @@
     align train RECIPE.yaml [key.sub=value ...]   train; the last line printed is the run directory
     align build-base [builtin:tiny-arith] [--force]  build (or rebuild) a built-in base model
     align config-help                              every recipe key with its type, default and doc
+    align export-reward RUN_DIR OUT_DIR [--drop-bias]  a reward run as a transformers
+                                                   AutoModelForSequenceClassification (align.export)
 
 Multi-process: `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m align.cli
 train RECIPE.yaml`. Recipe problems are reported before any model loads, as one line naming the
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("name", nargs="?", default="builtin:tiny-arith")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     sub.add_parser("config-help", help="list every recipe key")
+    export = sub.add_parser("export-reward", help="export a reward run as a sequence-classification model")
+    export.add_argument("run_dir", help="a reward-model run directory (or its reward/ folder)")
+    export.add_argument("out_dir", help="where to write the model and tokenizer (new or empty)")
+    export.add_argument("--drop-bias", action="store_true",
+                        help="export a head bias that the model cannot hold by dropping it (scores shift by -bias)")
     args = parser.parse_args(argv)
 
     try:
@@ -53,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             from align.build_base import build_base
 
             print(build_base(args.name, force=args.force), flush=True)
+        elif args.command == "export-reward":
+            from align.export import export_reward
+
+            print(export_reward(args.run_dir, args.out_dir, drop_bias=args.drop_bias), flush=True)
         else:
             print("\n".join(describe()))
     except (ConfigError, DataError) as err:

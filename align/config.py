@@ -80,6 +80,7 @@ class TrainSettings:
     save_every: int = _f(0, "Checkpoint every N steps (0: only at the end).")
     seed: int = _f(0, "Random seed.")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default).")
+    model_dropout: bool = _f(False, "Keep the base model's own dropout in reward, DPO and PPO training (false: off, as TRL does; SFT always keeps it; lora.dropout is separate).")
 
 
 @dataclass

@@ -17,6 +17,10 @@ One step, for every micro-batch of pairs (chosen rows then rejected rows, one fo
 Gradients of the policy parameters are averaged over processes by an explicit all-reduce
 (`common.all_reduce_gradients`; no DDP wrapper: role switching inside a DDP forward is not what
 DDP is built for).
+The policy trains in train mode and the reference runs in eval mode, so the base model's own
+dropout is removed first (`align.dropout`, as TRL's `disable_dropout`; `train.model_dropout: true`
+keeps it): with it, policy != reference at step 0 and the first loss is not ln 2. `lora.dropout`
+stays the recipe's.
 
 Log-probs are computed from the final hidden states, projecting through the LM head only the
 positions that predict a completion token (prompt and padding positions never build a
@@ -35,6 +39,7 @@ import torch
 from align.config import RecipeConfig, adapter_load_errors
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
+from align.dropout import disable_model_dropout
 from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
 from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
 from align.memory import count_parameters, memory_report
@@ -148,6 +153,8 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     run = start_run(cfg)
     acc = run.accelerator
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    if not cfg.train.model_dropout:
+        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
     with adapter_load_errors("dpo.init_adapter", cfg.dpo.init_adapter):  # a misfit: one ConfigError line
         base.add_policy(init_adapter=cfg.dpo.init_adapter)

@@ -23,7 +23,11 @@ PPO" (Huang et al.), see `align.trainers.ppo_rollout`:
                 (`ppo.value_lr`); the LR schedule runs over every optimizer step of the run
     control     the adaptive KL controller (if on) moves kl_coef towards `ppo.kl_target`
 
-Every module runs in eval mode (no dropout: old and new log-probs come from the same function).
+Dropout: the base model's own dropout is removed (`align.dropout`, as TRL does) unless
+`train.model_dropout: true`. Rollouts and experience run in eval mode; the update's forward runs
+the trainable roles in train mode, so `lora.dropout` (and a kept model dropout) applies there, as
+in OpenRLHF. With neither (the default) the two modes are the same function, so old and new
+log-probs agree and the first ratio is exactly 1; with dropout the ratio starts off 1.
 Rollout sampling and minibatch order draw from generators seeded by (seed, iteration, rank), so a
 resumed run repeats an unbroken one exactly.
 
@@ -40,6 +44,7 @@ import torch
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig, adapter_load_errors
 from align.data.batching import BatchStream, shard
+from align.dropout import disable_model_dropout
 from align.lora import effective_learning_rate
 from align.losses.policy import AdaptiveKLController, FixedKLController
 from align.memory import memory_report, peak_bytes
@@ -69,6 +74,16 @@ def _named_trainable(base: SharedBase) -> list[tuple[str, torch.nn.Parameter]]:
     return named
 
 
+def _set_update_mode(base: SharedBase, training: bool) -> None:
+    """Train mode for the update's forward passes, eval mode for rollouts, experience and
+    evaluation (module docstring). Frozen roles run in eval mode inside their role context anyway."""
+    for role in base.roles:
+        base.role_model(role).train(training)
+        head = base.head(role)
+        if head is not None:
+            head.train(training)
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -89,6 +104,8 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     if ppo.rollout_batch_size % run.world or ppo.minibatch_size % run.world:
         raise SystemExit(f"ppo.rollout_batch_size and ppo.minibatch_size must divide by the {run.world} processes")
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    if not cfg.train.model_dropout:
+        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
     with adapter_load_errors("ppo.init_adapter", ppo.init_adapter):  # a misfit: one ConfigError line
         base.add_policy(init_adapter=ppo.init_adapter)
@@ -106,8 +123,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
 
         gold_fn = build_reward(ppo.gold_reward)
     base.add_value(init_from_reward=ppo.value_init_from_reward)
-    for role in base.roles:  # eval mode everywhere: no dropout, so old and new log-probs agree
-        base.role_model(role).eval()
+    _set_update_mode(base, False)  # eval mode except during the update's forward passes
     eos_ids = _eos_ids(model, tokenizer)
 
     train_rows = load_prompt_rows(cfg, "train")
@@ -186,8 +202,9 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         exp = collect_experience(base, rows, reward_fn, gold_fn, kl_ctl.value, cfg,
                                  _generator(cfg.train.seed, step, run.rank), eos_ids)
 
-        # ---- update: ppo_epochs passes of shuffled minibatches
+        # ---- update: ppo_epochs passes of shuffled minibatches (train mode: LoRA dropout, if any)
         t0 = time.time()
+        _set_update_mode(base, True)
         sums: dict[str, float] = {}
         grad_norms = []
         order_gen = _generator(cfg.train.seed, step, run.rank, 1)
@@ -203,6 +220,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
+        _set_update_mode(base, False)
         t_update = time.time() - t0
         local = {**exp.stats, **{k: v / updates_per_iteration for k, v in sums.items()}, "time/update": t_update}
         local["grad_norm"] = sum(grad_norms) / len(grad_norms)

@@ -16,6 +16,9 @@ hidden state does not carry answer correctness. One step, for every micro-batch 
               is the mean over the GLOBAL batch (batch 8 == 4 x 2 accumulation == 2 processes x 4)
 Gradients of the adapter and head are averaged over processes by an explicit all-reduce
 (`common.all_reduce_gradients`; the head lives outside the model, so no DDP wrapper).
+The base model's own dropout is removed first (`align.dropout`, as TRL's reward trainer does;
+`train.model_dropout: true` keeps it), so training scores are the function that is evaluated and
+served; `lora.dropout` stays the recipe's.
 
 Logged per step: loss, pairwise accuracy (r_c > r_r), mean margin r_c - r_r, mean chosen and
 rejected scores. Held-out pairs (`data.eval_file`, or the built-in task's eval split) are scored
@@ -42,6 +45,7 @@ import torch
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import DataError, PairExample, SkipCounter, load_examples, pair_examples, read_rows
+from align.dropout import disable_model_dropout
 from align.losses import bradley_terry_loss
 from align.memory import count_parameters, memory_report
 from align.models import load_model_and_tokenizer
@@ -129,6 +133,8 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     run = start_run(cfg)
     acc = run.accelerator
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    if not cfg.train.model_dropout:
+        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
     base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
     base.add_reward(readout=cfg.reward.readout)  # fresh: trainable adapter + head (full: trainable copy + head)
     reward_model, head = base.role_model(ROLE), base.head(ROLE)
