@@ -241,7 +241,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{source}: {key} must be a number within float range, got an integer of "
+                              f"{value.bit_length()} bits") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
@@ -252,7 +256,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # YAML keys may be numbers, booleans or null
     if unknown:
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(names))})"
@@ -261,16 +265,25 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _parse_scalar(text: str) -> Any:
+def _parse_scalar(text: str, dotted: str, source: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, null, lists)."""
-    return yaml.safe_load(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. an integer past Python's digit limit
+        raise ConfigError(f"{source}: override {dotted}: value {text[:80]!r} is not valid YAML ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply `key.sub=value` overrides to the raw recipe mapping (before type checking)."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+            raise ConfigError(f"{source}: override {item!r} is not of the form key.sub=value")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
         node = data
@@ -278,7 +291,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: override {dotted}: {part} is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = _parse_scalar(raw, dotted.strip(), source)
     return data
 
 
@@ -435,9 +448,15 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not p.exists():
             raise ConfigError(f"recipe not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:  # a folder, no permission, not UTF-8
+            raise ConfigError(f"{source}: could not be read ({_first_line(err)})") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        except (ValueError, RecursionError) as err:  # an integer past Python's digit limit, deep nesting
+            raise ConfigError(f"{source}: not valid YAML: {_first_line(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: a recipe must be a mapping of settings")
         data = loaded or {}

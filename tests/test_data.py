@@ -7,7 +7,8 @@ import json
 import pytest
 
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_pairs, collate_sft, shard
-from align.data.loading import DataError, SkipCounter, pair_examples, read_rows, sft_examples
+from align.config import DataSettings
+from align.data.loading import DataError, SkipCounter, load_examples, pair_examples, read_rows, sft_examples
 from align.tasks.tokenizer import build_tokenizer
 
 
@@ -36,14 +37,14 @@ def test_prompt_completion_and_messages_give_the_same_tokens(tmp_path, tok):
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"prompt": "Q: 1+2=? A:"}, "row 1: field 'completion' is missing"),
-        ({"prompt": "Q: 1+2=? A:", "completion": 3}, "row 1: field 'completion' must be a string, got int"),
-        ({"prompt": "Q: 1+2=? A:", "completion": "   "}, "row 1: field 'completion' is empty"),
-        ({"prompt": "Q: 1+2=? A:", "completion": " 3" * 40}, "row 1: field 'completion' is 93 tokens with the prompt, over data.max_length=64"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, "row 1: field 'messages' must end with an assistant message"),
+        ({"prompt": "Q: 1+2=? A:"}, "line 2: field 'completion' is missing"),
+        ({"prompt": "Q: 1+2=? A:", "completion": 3}, "line 2: field 'completion' must be a string, got int"),
+        ({"prompt": "Q: 1+2=? A:", "completion": "   "}, "line 2: field 'completion' is empty"),
+        ({"prompt": "Q: 1+2=? A:", "completion": " 3" * 40}, "line 2: field 'completion' is 93 tokens with the prompt, over data.max_length=64"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "line 2: field 'messages' must end with an assistant message"),
     ],
 )
-def test_bad_sft_rows_name_file_row_and_field(tmp_path, tok, row, message):
+def test_bad_sft_rows_name_file_line_and_field(tmp_path, tok, row, message):
     path = jsonl(tmp_path, [{"prompt": "Q: 1+1=? A:", "completion": " 2"}, row])
     with pytest.raises(DataError) as err:
         sft_examples(read_rows(path), tok, 64, "error", SkipCounter())
@@ -86,7 +87,7 @@ def test_preference_formats_explicit_implicit_conversational(tmp_path, tok):
 )
 def test_bad_preference_rows(tmp_path, tok, row, message):
     path = jsonl(tmp_path, [row])
-    with pytest.raises(DataError, match=f"{path}: row 0: {message}"):
+    with pytest.raises(DataError, match=f"{path}: line 1: {message}"):
         pair_examples(read_rows(path), tok, 64, "error", SkipCounter())
     skipped = SkipCounter()
     assert pair_examples(read_rows(path), tok, 64, "skip", skipped) == [] and skipped.total == 1
@@ -98,10 +99,73 @@ def test_parquet_and_unreadable_files(tmp_path, tok):
     pq = tmp_path / "d.parquet"
     datasets.Dataset.from_list([{"prompt": "Q: 1+1=? A:", "completion": " 2"}]).to_parquet(str(pq))
     assert len(sft_examples(read_rows(str(pq)), tok, 64, "error", SkipCounter())) == 1
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text("{not json\n")
-    with pytest.raises(DataError, match="could not be read"):
-        read_rows(str(broken))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"prompt": "Q: 1+1=? A:", "completion": " 2"},\n{not json]\n')
+    with pytest.raises(DataError, match=r"broken\.json: could not be read: not valid JSON \(.* at line 2\)"):
+        read_rows(str(broken), "skip", SkipCounter())  # a broken array has no rows to trust, even under skip
+    with pytest.raises(DataError, match=r"missing\.jsonl: could not be read \(No such file or directory\)"):
+        read_rows(str(tmp_path / "missing.jsonl"))
+
+
+def test_lines_that_are_not_json_objects_error_or_are_skipped_with_file_line_numbers(tmp_path, tok):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([
+        json.dumps({"prompt": "Q: 1+1=? A:", "completion": " 2"}).encode(),
+        b"",  # a blank line is no row, but it is a line
+        b"{not json",
+        b"[1, 2]",
+        b"\xff\xfe{}",
+        json.dumps({"prompt": "Q: 1+2=? A:", "completion": ""}).encode(),
+        json.dumps({"prompt": "Q: 1+3=? A:", "completion": " 4"}).encode(),
+    ]) + b"\n")
+    with pytest.raises(DataError, match=rf"^{path}: line 3 is not valid JSON \(Expecting property name .* at column 2\)$"):
+        read_rows(str(path))
+    skipped = SkipCounter()
+    rows = read_rows(str(path), "skip", skipped)
+    assert [(r.index, r.where) for r in rows] == [(1, f"{path}: line 1"), (6, f"{path}: line 6"), (7, f"{path}: line 7")]
+    assert skipped.as_dict() == {"skipped/not_json": 2, "skipped/wrong_type": 1}
+    with pytest.raises(DataError, match=rf"^{path}: line 6: field 'completion' is empty$"):
+        sft_examples(rows, tok, 64, "error", SkipCounter())
+    # through the loader the trainers call: every bad line skipped and counted, by reason
+    skipped = SkipCounter()
+    examples = load_examples(DataSettings(task=None, train_file=str(path), bad_rows="skip"), tok, "sft", "train", 0, skipped)
+    assert len(examples) == 2
+    assert skipped.as_dict() == {"skipped/empty": 1, "skipped/not_json": 2, "skipped/wrong_type": 1}
+    one = tmp_path / "one.jsonl"
+    one.write_text("\n\n\n[1, 2]\n")
+    with pytest.raises(DataError, match=rf"^{one}: line 4 must be a JSON object, got array$"):
+        read_rows(str(one))
+
+
+def test_a_byte_order_mark_is_not_a_bad_line(tmp_path, tok):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "Q: 1+1=? A:", "completion": " 2"}).encode() + b"\r\n")
+    assert len(sft_examples(read_rows(str(path)), tok, 64, "error", SkipCounter())) == 1
+
+
+def test_json_array_rows_are_numbered_from_one(tmp_path, tok):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"prompt": "Q: 1+1=? A:", "completion": " 2"}, {"prompt": "Q: 1+2=? A:"}, 5]))
+    with pytest.raises(DataError, match=rf"^{path}: row 3 must be a JSON object, got number$"):
+        read_rows(str(path))
+    skipped = SkipCounter()
+    rows = read_rows(str(path), "skip", skipped)
+    with pytest.raises(DataError, match=rf"^{path}: row 2: field 'completion' is missing$"):
+        sft_examples(rows, tok, 64, "error", skipped)
+    assert skipped.as_dict() == {"skipped/wrong_type": 1}
+
+
+def test_a_file_whose_rows_are_all_skipped_is_one_data_error(tmp_path, tok):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{oops\n{"prompt": "Q: 1+2=? A:", "completion": ""}\nnot json either\n')
+    data = DataSettings(task=None, train_file=str(path), bad_rows="skip")
+    with pytest.raises(DataError, match=rf"^{path}: all 3 rows were skipped \(data\.bad_rows: skip\): 1 empty, 2 not_json$"):
+        load_examples(data, tok, "sft", "train", 0, SkipCounter())
+    path.write_text("\n")
+    with pytest.raises(DataError, match=rf"^{path}: has no rows$"):
+        load_examples(data, tok, "pairs", "train", 0, SkipCounter())
+    with pytest.raises(DataError, match="no training rows left"):
+        BatchStream(0, 4, seed=0)
 
 
 def test_collate_masks_prompt_and_padding(tok):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from align.data.loading import PairExample, SFTExample
+from align.data.loading import DataError, PairExample, SFTExample
 
 IGNORE_INDEX = -100  # label value that the causal-LM loss skips (prompt and padding tokens)
 
@@ -20,7 +20,8 @@ class BatchStream:
 
     def __init__(self, num_rows: int, global_batch: int, seed: int) -> None:
         if num_rows < 1:
-            raise ValueError("no training rows left (all rows were skipped or the data is empty)")
+            # A DataError (a ValueError), so that the command line reports it in one line.
+            raise DataError("no training rows left (all rows were skipped or the data is empty)", "all_skipped")
         self.num_rows, self.global_batch, self.seed = num_rows, global_batch, seed
         self._cache: dict[int, list[int]] = {}
 
