@@ -9,12 +9,15 @@ What it does:
   correctness reward) declares the class attribute `needs_answer = True`; one that does not (a
   learned reward model, format, length) declares False, and rows without an answer (a user's
   prompt file with no answer column) reach it with answer None. `reward_needs_answer(fn)` reads
-  it (False when undeclared); PPO asks for an answer column only when a configured reward needs it;
+  it (False when undeclared); PPO asks for an answer column only when a configured reward needs it,
+  and then for an integer in every row (the answer-reading rewards compare integers);
 - `RewardOutput(scores, info)`;
 - a registry: `register_reward(name)` decorates a factory (a class or function taking keyword
   arguments), `build_reward(spec)` builds one from a recipe's spec: a name (`"arithmetic_correctness"`),
   a dict (`{"name": "length_penalty", "per_char": 0.01}`), or a weighted sum
-  (`{"name": "weighted_sum", "terms": [[1.0, "arithmetic_correctness"], [0.1, "format"]]}`).
+  (`{"name": "weighted_sum", "terms": [[1.0, "arithmetic_correctness"], [0.1, "format"]]}`);
+- `parse_reward_spec("1.0*learned + 0.2*format")`: the terms of a recipe's `ppo.reward` string,
+  registered names and `learned` (the learned reward role, which the PPO trainer supplies).
 
 What it leaves out: the rules themselves (`reward_models.verifiable`) and learned reward models
 (`reward_models.learned`, registered under their own name; `build_reward` imports that module
@@ -26,6 +29,7 @@ Run: `python -c "from reward_models import build_reward; print(build_reward('ari
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -108,3 +112,25 @@ def build_reward(spec: str | dict | RewardFunction) -> RewardFunction:
     if callable(spec):
         return spec
     raise TypeError(f"cannot build a reward from {type(spec).__name__}: {spec!r}")
+
+
+# ---- a recipe's reward string --------------------------------------------------------------------
+
+LEARNED = "learned"  # the learned reward role in a reward string (reward_models.learned)
+_TERM = re.compile(r"^\s*(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
+    """'arithmetic_correctness' -> [(1.0, name)]; '1.0*learned + 0.2*format' -> two terms.
+
+    Names other than 'learned' must be registered rewards (ValueError otherwise)."""
+    terms = []
+    for part in spec.split("+"):
+        match = _TERM.match(part)
+        if match is None:
+            raise ValueError(f"cannot read reward term {part.strip()!r}; write 'name' or 'weight*name'")
+        weight, name = float(match.group(1)) if match.group(1) else 1.0, match.group(2)
+        if name != LEARNED:
+            _lookup(name)  # raises ValueError naming the registered rewards
+        terms.append((weight, name))
+    return terms

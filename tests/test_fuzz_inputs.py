@@ -368,22 +368,25 @@ def test_recipe_loader_edge_cases(tmp_path, text, overrides, message):
     assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
 
 
-# Found by hand beside the fuzz, in code this change does not own; strict, so a fix shows up here.
-TOO_LONG = "/tmp/" + "x" * 5000 + ".jsonl"  # Path.exists() raises OSError (File name too long)
+# Found by hand beside the fuzz: Path.exists() raises OSError (File name too long) on such a name.
+TOO_LONG = "/tmp/" + "x" * 5000 + ".jsonl"
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="ppo_rollout._looks_local calls Path.exists() unguarded")
 def test_ppo_prompt_loader_too_long_path_is_a_data_error():
     from align.trainers.ppo_rollout import load_prompt_rows
 
-    with pytest.raises(DataError, match="could not be read"):
+    with pytest.raises(DataError, match=r"could not be read \(data.train_file: File name too long\)") as err:
         load_prompt_rows(RecipeConfig(method="ppo", data=DataSettings(task=None, train_file=TOO_LONG)), "train")
+    assert str(err.value).startswith(TOO_LONG + ": ") and err.value.__suppress_context__
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="config._validate's file check calls Path.exists() unguarded")
-def test_recipe_too_long_data_path_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.train_file"):
-        load_recipe(None, [f"data.train_file={TOO_LONG}"])
+@pytest.mark.parametrize("key", ["data.train_file", "data.eval_file"])
+def test_recipe_too_long_data_path_is_a_config_error(key):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, [f"{key}={TOO_LONG}"])
+    message = str(err.value)
+    assert message.startswith(f"<defaults>: {key}: /tmp/xxx") and message.endswith("is not a usable path (File name too long)")
+    assert "\n" not in message and len(message) < 200 and err.value.__suppress_context__
 
 
 def test_data_loader_too_long_path_is_a_data_error(tmp_path):

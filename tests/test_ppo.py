@@ -18,7 +18,8 @@ from align.config import load_recipe
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.ppo import train_ppo
-from align.trainers.ppo_rollout import collect_experience, parse_answer, parse_reward_spec
+from align.trainers.ppo_rollout import collect_experience, parse_answer
+from reward_models.base import parse_reward_spec
 from tests.helpers import crash_after_checkpoint
 
 FAST = [

@@ -24,11 +24,12 @@ import torch
 import yaml
 
 from align.cli import main
-from align.config import ConfigError, adapter_load_errors, load_recipe, preflight
+from align.config import ConfigError, load_recipe
 from align.data.loading import DataError
 from align.models import load_model_and_tokenizer
+from align.preflight import adapter_load_errors, preflight
 from align.shared_base import SharedBase
-from align.trainers.ppo_rollout import answer_readers, load_prompt_rows
+from align.trainers.ppo_rollout import answer_readers, load_prompt_rows, parse_answer
 from reward_models import (
     ArithmeticCorrectness, FormatReward, GoldPreferenceRule, LearnedReward, LengthPenalty, WeightedSum,
     reward_needs_answer,
@@ -104,6 +105,36 @@ def test_a_prompt_file_without_answers_is_refused_only_by_rewards_that_read_them
     assert answer_readers(load_recipe(None, base + learned)) == []
     assert rows(*learned) == [{"prompt": f"Q: {a}+1=? A:", "answer": None} for a in range(3)]
     assert [r["answer"] for r in rows("ppo.reward=1.0*format + 0.1*length_penalty")] == [None] * 3
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ('"seven"', "must be an integer (or text ending in '#### 42'), got 'seven'; ppo.reward 'arithmetic_correctness' compares integer answers"),
+    ("3.5", "must be an integer (or text ending in '#### 42'), got 3.5; ppo.reward 'arithmetic_correctness' compares"),
+    ('"#### many"', "must be an integer (or text ending in '#### 42'), got '#### many'"),
+    ("[3]", "must be an integer (or text ending in '#### 42'), got [3]"),
+    ("1e400", ": an answer must be a finite number, got inf"),  # json reads 1e400 as inf
+    ("NaN", ": an answer must be a finite number, got nan"),
+    ("true", ": an answer must be a number or text, not a boolean"),
+])
+def test_answers_a_reward_compares_must_be_integers_when_the_file_loads(tmp_path, raw, problem):
+    path = tmp_path / "prompts.jsonl"  # line 2 is blank: messages count the file's lines
+    path.write_text('{"prompt": "Q: 1+2=? A:", "answer": 3}\n\n{"prompt": "Q: 2+2=? A:", "answer": ' + raw + "}\n")
+    cfg = load_recipe(None, PPO + ["data.task=null", f"data.train_file={path}"])
+    with pytest.raises(DataError) as err:
+        load_prompt_rows(cfg, "train")
+    message = str(err.value)
+    assert message.startswith(f"{path}: line 3: field 'answer'") and problem in message, message
+    assert "\n" not in message and (err.value.__context__ is None or err.value.__suppress_context__)
+
+
+def test_answers_no_reward_reads_may_be_text(tmp_path):
+    path = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "Q: 1+2=? A:", "answer": "seven"},
+                                                    {"prompt": "Q: 1+3=? A:", "answer": "#### 4.0"}])
+    cfg = load_recipe(None, PPO + ["data.task=null", f"data.train_file={path}", "ppo.reward=format"])
+    assert [r["answer"] for r in load_prompt_rows(cfg, "train")] == ["seven", "4.0"]
+    with pytest.raises(ValueError, match="finite"):
+        parse_answer(float("nan"))  # never an answer, whichever reward runs
+    assert parse_answer(3.0) == 3 and parse_answer(" 12 ") == 12 and parse_answer("x #### -1,000") == -1000
 
 
 def test_ppo_with_a_learned_reward_trains_and_evaluates_on_prompts_without_answers(tmp_path, saved):
@@ -195,6 +226,22 @@ def test_missing_or_wrong_folders_name_their_key(tmp_path, saved):
     with pytest.raises(ConfigError, match="data.train_file file not found: data/prompts/train.csv"):
         load_recipe(None, ["data.train_file=data/prompts/train.csv"])
     preflight(load_recipe(None, learned + [f"ppo.reward_model={saved / 'rm'}"]))  # a fitting one passes
+
+
+def test_names_too_long_to_look_up_are_one_line_naming_their_key(tmp_path, saved):
+    too_long = str(tmp_path / ("x" * 5000))  # the system refuses to look it up (File name too long)
+    cases = [
+        ([f"model={too_long}"], "model"),
+        ([f"output_dir={too_long}"], "output_dir"),
+        (DPO + [f"dpo.init_adapter={too_long}"], "dpo.init_adapter"),
+        (PPO + ["data.task=preference", "ppo.reward=learned", f"ppo.reward_model={too_long}"], "ppo.reward_model"),
+    ]
+    for overrides, key in cases:
+        with pytest.raises(ConfigError) as err:
+            preflight(load_recipe(None, overrides))
+        message = str(err.value)
+        assert message.startswith(f"{key}: {too_long[:60]}... (") and message.endswith("is not a usable path (File name too long)")
+        assert len(message) < 200 and err.value.__suppress_context__
 
 
 def test_a_reward_model_of_another_base_stops_the_cli_before_anything_loads(tmp_path, saved, capsys):

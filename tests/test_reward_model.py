@@ -199,7 +199,7 @@ def test_bad_preference_rows_error_or_are_counted(tmp_path):
     train_file = _write_jsonl(tmp_path / "pairs.jsonl", rows)
     eval_file = _write_jsonl(tmp_path / "eval.jsonl", GOOD)
     files = [f"data.train_file={train_file}", f"data.eval_file={eval_file}", "data.task=null", "train.batch_size=2", "train.steps=2"]
-    with pytest.raises(DataError, match=r"pairs\.jsonl: row 1: field 'rejected' is identical"):
+    with pytest.raises(DataError, match=r"pairs\.jsonl: line 2: field 'rejected' is identical"):
         run(tmp_path, "error", *files)
     result = run(tmp_path, "skip", *files, "data.bad_rows=skip")
     assert result.summary["skipped_rows"] == 1 and result.summary["skipped"] == {"skipped/identical_pair": 1}
@@ -208,7 +208,7 @@ def test_bad_preference_rows_error_or_are_counted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "align.cli", "train", os.devnull, *FAST, *files,
                            f"output_dir={tmp_path / 'cli'}"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2 and "row 1: field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "line 2: field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_margin_column(tmp_path):
@@ -219,8 +219,41 @@ def test_margin_column(tmp_path):
     without = run(tmp_path, "plain", *[f for f in files if not f.startswith("reward.margin")])
     assert losses(with_margin.run_dir)[0] > losses(without.run_dir)[0]  # -log sigmoid(d - m) > -log sigmoid(d)
     bad = _write_jsonl(tmp_path / "bad.jsonl", GOOD[:2] + [dict(GOOD[2], margin="big")])
-    with pytest.raises(DataError, match=r"bad\.jsonl: row 2: field 'margin'"):
+    with pytest.raises(DataError, match=r"bad\.jsonl: line 3: field 'margin'"):
         run(tmp_path, "bad", *files[1:], f"data.train_file={bad}")
+
+
+def test_margin_rows_follow_bad_rows_like_every_loader(tmp_path):
+    from align.tasks.tokenizer import build_tokenizer
+    from align.trainers.reward import load_pairs
+
+    tokenizer = build_tokenizer()
+
+    def pairs(lines, mode):
+        path = tmp_path / "m.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        cfg = load_recipe(None, ["method=reward", "data.task=null", f"data.train_file={path}", "reward.margin=true",
+                                 f"data.bad_rows={mode}"])
+        skipped = SkipCounter()
+        return load_pairs(cfg, tokenizer, "train", skipped), skipped.as_dict(), str(path)
+
+    good = [json.dumps(dict(GOOD[0], margin=1.5)), json.dumps(GOOD[2])]  # no margin column: 0
+    bad = ["{not json", json.dumps(dict(GOOD[1], rejected=GOOD[1]["chosen"])), json.dumps(dict(GOOD[1], margin="big")),
+           '{"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 4", "margin": NaN}']
+    (examples, margins), skipped, _ = pairs(good[:1] + bad + good[1:], "skip")
+    assert len(examples) == 2 and margins == [1.5, 0.0]
+    assert skipped == {"skipped/identical_pair": 1, "skipped/not_json": 1, "skipped/wrong_type": 2}
+    problems = [" is not valid JSON", ": field 'rejected' is identical to 'chosen'",
+                ": field 'margin' must be a finite number, got 'big'", ": field 'margin' must be a finite number, got nan"]
+    for line, problem in zip(bad, problems):
+        with pytest.raises(DataError) as err:
+            pairs(good[:1] + [line], "error")
+        assert str(err.value).startswith(f"{tmp_path / 'm.jsonl'}: line 2{problem}"), str(err.value)
+    with pytest.raises(DataError, match=r"m\.jsonl: all 4 rows were skipped \(data.bad_rows: skip\): 1 identical_pair, "
+                                        r"1 not_json, 2 wrong_type$"):
+        pairs(bad, "skip")
+    with pytest.raises(DataError, match=r"m\.jsonl: has no rows$"):
+        pairs([""], "skip")
 
 
 def test_gradient_accumulation_invariance(tmp_path):
@@ -301,7 +334,7 @@ def test_probe_script_on_user_files(tmp_path, repo):
     with open(tmp_path / "eval.jsonl", "a") as f:
         f.write(json.dumps({"prompt": "Q: 1+1=? A:", "chosen": " 2", "rejected": " 2"}) + "\n")  # a tie
     proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 2 and "eval.jsonl: row 12: field 'rejected'" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "eval.jsonl: line 13: field 'rejected'" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_head_learning_rate_is_its_own_param_group(tmp_path):

@@ -439,10 +439,15 @@ def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: Sk
     convert = sft_examples if kind == "sft" else pair_examples
     examples = convert(rows, tokenizer, data.max_length, data.bad_rows, skipped)
     if not examples:
-        dropped = skipped.counts - before  # this source's skips, unreadable lines included
-        total = sum(dropped.values())
-        if total == 0:
-            raise DataError(f"{source}: has no rows")
-        why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
-        raise DataError(f"{source}: all {total} rows were skipped (data.bad_rows: skip): {why}", "all_skipped")
+        raise no_rows_error(source, skipped.counts - before)  # this source's skips, unreadable lines included
     return examples
+
+
+def no_rows_error(source: str, dropped: Counter) -> DataError:
+    """The error for a source that gave no example: it has no rows, or (`dropped`: this source's
+    skips by reason) all of them were skipped."""
+    total = sum(dropped.values())
+    if total == 0:
+        return DataError(f"{source}: has no rows")
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+    return DataError(f"{source}: all {total} rows were skipped (data.bad_rows: skip): {why}", "all_skipped")

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from align.config import RecipeConfig, preflight, save_resolved
+from align.config import RecipeConfig, save_resolved
+from align.preflight import preflight
 from align.tracking import Tracker, new_run_dir
 
 

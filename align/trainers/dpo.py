@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from align.config import RecipeConfig, adapter_load_errors
+from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.dropout import disable_model_dropout
@@ -44,6 +44,7 @@ from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logpr
 from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
 from align.memory import count_parameters, memory_report
 from align.models import load_model_and_tokenizer
+from align.preflight import adapter_load_errors
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, global_step_means, evaluate, make_optimizer,

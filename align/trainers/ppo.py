@@ -42,22 +42,23 @@ import time
 import torch
 
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from align.config import RecipeConfig, adapter_load_errors
+from align.config import RecipeConfig
 from align.data.batching import BatchStream, shard
 from align.dropout import disable_model_dropout
 from align.lora import effective_learning_rate
 from align.losses.policy import AdaptiveKLController, FixedKLController
 from align.memory import memory_report, peak_bytes
 from align.models import load_model_and_tokenizer
+from align.preflight import adapter_load_errors
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, all_reduce_gradients, clip_and_step, evaluate, make_scheduler, start_run, summary,
 )
 from align.trainers.ppo_rollout import (
-    LEARNED, build_training_reward, collect_experience, evaluate_prompts, load_prompt_rows, parse_reward_spec,
-    ppo_minibatch_loss,
+    build_training_reward, collect_experience, evaluate_prompts, load_prompt_rows, ppo_minibatch_loss,
 )
 from align.tracking import progress
+from reward_models.base import LEARNED, parse_reward_spec
 
 
 def _named_trainable(base: SharedBase) -> list[tuple[str, torch.nn.Parameter]]:

@@ -7,10 +7,13 @@ What it does:
   `ppo.dataset_config`), with `ppo.prompt_field` / `ppo.answer_field` naming the columns; an
   answer may be an integer or GSM8K text ending in `#### 42`. The answer column is needed only
   when a configured reward reads answers (`answer_readers(cfg)`: `ppo.reward` or
-  `ppo.gold_reward` with `needs_answer`, e.g. arithmetic_correctness); otherwise a row without
-  one gets answer None, which rollout, scoring and evaluation pass through untouched;
-- `parse_reward_spec("1.0*learned + 0.2*format")` and `build_training_reward(...)`: the reward the
-  policy is trained on, any `reward_models` function, the learned reward role, or a weighted sum;
+  `ppo.gold_reward` with `needs_answer`, e.g. arithmetic_correctness), and then every answer must
+  be an integer (those rewards compare integers): text such as "seven", 3.5, NaN or 1e400 is a
+  DataError naming file, line and field when the file is loaded, not a crash mid-run; otherwise a
+  row without one gets answer None, which rollout, scoring and evaluation pass through untouched;
+- `build_training_reward(spec, learned)`: the reward the policy is trained on, from the terms of
+  `ppo.reward` (`reward_models.base.parse_reward_spec`): any `reward_models` function, the learned
+  reward role, or a weighted sum;
 - `collect_experience(...)`: one rollout batch -> an `Experience` (the "N implementation details
   of RLHF with PPO", Huang et al.): sample from the policy role; score the texts (a response that
   never stops gets `ppo.no_stop_penalty` as its score); old log-probs, reference log-probs and
@@ -30,33 +33,38 @@ What it leaves out: optimisation, logging and checkpoints (the trainer), distrib
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from align.data.loading import DataError, read_rows
 from align.logprobs import gather_logprobs, position_ids_from_mask
 from align.losses.policy import (
     entropy_from_logits, gae_advantages, masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss,
 )
-
-LEARNED = "learned"
-_TERM = re.compile(r"^\s*(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
+from reward_models.base import LEARNED, parse_reward_spec
 
 
 # ---------------------------------------------------------------- prompts
 
 
 def parse_answer(value: Any) -> Any:
-    """An integer answer from an int or a GSM8K-style string ("... #### 1,234" -> 1234); other
-    strings are returned stripped (rewards that compare text can use them)."""
+    """An integer answer from an int, an integral float or a GSM8K-style string ("... #### 1,234"
+    -> 1234); other strings are returned stripped. A boolean, or a float that is not finite (JSON's
+    1e400 reads as inf, NaN as nan), is a ValueError."""
     if isinstance(value, bool):
         raise ValueError("an answer must be a number or text, not a boolean")
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"an answer must be a finite number, got {value!r}")
+        if value.is_integer():
+            return int(value)
     text = str(value)
     if "####" in text:
         text = text.rsplit("####", 1)[1]
@@ -64,10 +72,13 @@ def parse_answer(value: Any) -> Any:
     return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
-def _looks_local(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists() or path.endswith((".json", ".jsonl", ".parquet"))
+def _looks_local(path: str, key: str) -> bool:
+    """A local file (it exists, or has a data file's suffix), not a hub dataset id. A name the
+    system cannot look up (past its length limit) is neither: a DataError naming `key`."""
+    try:
+        return Path(path).exists() or path.endswith((".json", ".jsonl", ".parquet"))
+    except OSError as err:
+        raise DataError(f"{path}: could not be read ({key}: {err.strerror or type(err).__name__})") from None
 
 
 def answer_readers(cfg) -> list[str]:
@@ -86,9 +97,10 @@ def answer_readers(cfg) -> list[str]:
 def load_prompt_rows(cfg, split: str) -> list[dict]:
     """`[{"prompt", "answer"}]` of `split` ("train" or "eval"), see the module docstring."""
     data, ppo = cfg.data, cfg.ppo
+    key = "data.train_file" if split == "train" else "data.eval_file"
     path = data.train_file if split == "train" else data.eval_file
-    if path is None and split == "eval" and data.train_file is not None and not _looks_local(data.train_file):
-        path = data.train_file  # a hub dataset: evaluate on its held-out split
+    if path is None and split == "eval" and data.train_file is not None and not _looks_local(data.train_file, "data.train_file"):
+        key, path = "data.train_file", data.train_file  # a hub dataset: evaluate on its held-out split
     if path is None:
         if data.task is None:
             return []
@@ -96,11 +108,8 @@ def load_prompt_rows(cfg, split: str) -> list[dict]:
 
         n = data.num_train if split == "train" else data.num_eval
         return get_task(data.task).prompts(split, n, cfg.train.seed)
-    from align.data.loading import DataError, read_rows
-
-    if _looks_local(path):
-        # `Row.where` ("file: line 3") where align.data.loading has it, else the older "file: row N"
-        rows = [(r.data, getattr(r, "where", None) or f"{r.source}: row {r.index}") for r in read_rows(path)]
+    if _looks_local(path, key):
+        rows = [(r.data, r.where) for r in read_rows(path)]  # where: "file: line 3" (JSONL), "file: row 3"
     else:
         import datasets
 
@@ -126,9 +135,16 @@ def load_prompt_rows(cfg, split: str) -> list[dict]:
             )
         if answer is not None:
             try:
-                answer = parse_answer(answer)
+                parsed = parse_answer(answer)
             except ValueError as err:
                 raise DataError(f"{where}: field '{ppo.answer_field}': {err}", "wrong_type") from None
+            if readers and not isinstance(parsed, int):  # checked here, not when the reward first runs
+                shown = repr(answer) if len(repr(answer)) <= 60 else repr(answer)[:57] + "..."
+                raise DataError(
+                    f"{where}: field '{ppo.answer_field}' must be an integer (or text ending in '#### 42'), got {shown}; "
+                    f"{readers[0]} compares integer answers", "wrong_type",
+                )
+            answer = parsed
         out.append({"prompt": prompt, "answer": answer})
     if split == "train":
         out = out[: data.num_train] if data.train_file is None else out
@@ -148,24 +164,6 @@ def render_prompts(prompts: list[str], tokenizer, chat_template: bool) -> list[s
 
 
 # ---------------------------------------------------------------- rewards
-
-
-def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
-    """'arithmetic_correctness' -> [(1.0, name)]; '1.0*learned + 0.2*format' -> two terms.
-
-    Names other than 'learned' must be registered `reward_models` rewards."""
-    from reward_models.base import _lookup
-
-    terms = []
-    for part in spec.split("+"):
-        match = _TERM.match(part)
-        if match is None:
-            raise ValueError(f"cannot read reward term {part.strip()!r}; write 'name' or 'weight*name'")
-        weight, name = float(match.group(1)) if match.group(1) else 1.0, match.group(2)
-        if name != LEARNED:
-            _lookup(name)  # raises ValueError naming the registered rewards
-        terms.append((weight, name))
-    return terms
 
 
 def build_training_reward(spec: str, learned=None):

@@ -37,14 +37,18 @@ Left out: ensembles, reward centering/normalisation of the head output, multi-ob
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from typing import Any
 
 import torch
 
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
-from align.data.loading import DataError, PairExample, SkipCounter, load_examples, pair_examples, read_rows
+from align.data.loading import (
+    DataError, PairExample, SkipCounter, load_examples, no_rows_error, pair_examples, read_rows,
+)
 from align.dropout import disable_model_dropout
 from align.losses import bradley_terry_loss
 from align.memory import count_parameters, memory_report
@@ -62,26 +66,40 @@ ROLE = "reward"
 def load_pairs(cfg: RecipeConfig, tokenizer, split: str, skipped: SkipCounter) -> tuple[list[PairExample], list[float] | None]:
     """Preference pairs of `split`, and their per-pair margins when `reward.margin` is on and the
     rows come from a file (None otherwise). Margins are read row by row, so a skipped bad row
-    never shifts a margin onto the wrong pair."""
+    never shifts a margin onto the wrong pair. As in `load_examples`, `data.bad_rows: skip` skips
+    (and counts) unreadable lines too, and a file that gives no pair is a DataError."""
     path = cfg.data.train_file if split == "train" else cfg.data.eval_file
     if not cfg.reward.margin or path is None:
         return load_examples(cfg.data, tokenizer, "pairs", split, cfg.train.seed, skipped), None
+    before = Counter(skipped.counts)
     examples, margins = [], []
-    for row in read_rows(path):
+    for row in read_rows(path, cfg.data.bad_rows, skipped):
         try:
-            margin = row.data.get("margin", 0.0)
-            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-                raise DataError(f"{row.source}: row {row.index}: field 'margin' must be a number, got {margin!r}", "wrong_type")
-        except DataError:
+            margin = _margin(row)
+        except DataError as err:
             if cfg.data.bad_rows == "error":
                 raise
-            skipped.add("wrong_type")
+            skipped.add(err.reason)
             continue
         converted = pair_examples([row], tokenizer, cfg.data.max_length, cfg.data.bad_rows, skipped)
         if converted:
             examples.append(converted[0])
-            margins.append(float(margin))
+            margins.append(margin)
+    if not examples:
+        raise no_rows_error(path, skipped.counts - before)
     return examples, margins
+
+
+def _margin(row) -> float:
+    """A row's `margin` column (0 when absent) as a float; anything but a finite number is a DataError."""
+    margin = row.data.get("margin", 0.0)
+    if isinstance(margin, (int, float)) and not isinstance(margin, bool):
+        try:
+            if math.isfinite(float(margin)):
+                return float(margin)
+        except OverflowError:  # an integer past float range
+            pass
+    raise DataError(f"{row.where}: field 'margin' must be a finite number, got {margin!r}", "wrong_type")
 
 
 def pair_scores(base: SharedBase, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
