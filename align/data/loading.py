@@ -300,7 +300,11 @@ def _check_length(row: Row, n: int, max_length: int, fieldname: str) -> None:
         raise _fail(row, fieldname, f"is {n} tokens with the prompt, over data.max_length={max_length}", "too_long")
 
 
-def _handle(rows: list[Row], convert, bad_rows: str, skipped: SkipCounter) -> list:
+def convert_rows(rows: list[Row], convert, bad_rows: str, skipped: SkipCounter) -> list:
+    """`convert(row)` of each row, in order. A row that `convert` refuses with a DataError stops
+    the load (`bad_rows: error`) or is left out and counted in `skipped` under the error's reason
+    (`skip`): the per-row rule of every loader (SFT and preference examples here, PPO prompts in
+    `align.trainers.ppo_rollout.load_prompt_rows`)."""
     out = []
     for row in rows:
         try:
@@ -340,7 +344,7 @@ def sft_examples(rows: list[Row], tokenizer, max_length: int, bad_rows: str, ski
         _check_length(row, len(p) + len(c), max_length, fieldname)
         return SFTExample(p, c)
 
-    return _handle(rows, convert, bad_rows, skipped)
+    return convert_rows(rows, convert, bad_rows, skipped)
 
 
 def _split_implicit(row: Row, chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -400,7 +404,7 @@ def pair_examples(rows: list[Row], tokenizer, max_length: int, bad_rows: str, sk
         _check_length(row, len(p) + len(r), max_length, "rejected")
         return PairExample(p, c, r)
 
-    return _handle(rows, convert, bad_rows, skipped)
+    return convert_rows(rows, convert, bad_rows, skipped)
 
 
 def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: SkipCounter) -> list:

@@ -44,6 +44,7 @@ import torch
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, shard
+from align.data.loading import SkipCounter
 from align.dropout import disable_model_dropout
 from align.lora import effective_learning_rate
 from align.losses.policy import AdaptiveKLController, FixedKLController
@@ -127,7 +128,8 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     _set_update_mode(base, False)  # eval mode except during the update's forward passes
     eos_ids = _eos_ids(model, tokenizer)
 
-    train_rows = load_prompt_rows(cfg, "train")
+    skipped = SkipCounter()  # prompt rows left out under data.bad_rows: skip, logged with the metrics
+    train_rows = load_prompt_rows(cfg, "train", skipped)
     if not train_rows:
         raise SystemExit("no PPO prompts: set data.task or data.train_file")
     stream = BatchStream(len(train_rows), ppo.rollout_batch_size, cfg.train.seed)
@@ -174,7 +176,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                             save_adapter=save_roles if cfg.mode == "lora" else None)
         acc.wait_for_everyone()
 
-    eval_rows = load_prompt_rows(cfg, "eval") if cfg.data.task is None and cfg.eval.enabled else []
+    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
 
     def evaluate_policy() -> dict[str, float]:
         with base.role("policy") as policy_model:  # generation with the policy adapter active
@@ -186,7 +188,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
 
     run.print(
         f"ppo {cfg.mode}: {trainable:,} trainable of {total:,} parameters (policy + value); reward {ppo.reward}"
-        f"{f' (gold: {ppo.gold_reward})' if ppo.gold_reward else ''}; {len(train_rows)} prompts; "
+        f"{f' (gold: {ppo.gold_reward})' if ppo.gold_reward else ''}; {len(train_rows)} prompts ({skipped.total} skipped); "
         f"lr policy {policy_lr:.3g} value {value_lr:.3g}; {cfg.train.steps} iterations x {updates_per_iteration} updates; "
         f"run dir {run.run_dir}"
     )
@@ -236,7 +238,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         seconds = time.time() - t_start
         metrics.update({"kl_coef": kl_coef_used, "lr": scheduler.get_last_lr()[0], "lr_value": scheduler.get_last_lr()[1],
                         "time/iteration": seconds, "tokens_per_s": response_tokens / max(seconds, 1e-9),
-                        "peak_memory_bytes": float(peak_bytes())})
+                        "peak_memory_bytes": float(peak_bytes()), **skipped.as_dict()})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl']:.3f}")
 
@@ -265,6 +267,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         "reward": ppo.reward, "gold_reward": ppo.gold_reward, "rollout_batch_size": ppo.rollout_batch_size,
         "minibatch_size": ppo.minibatch_size, "ppo_epochs": ppo.ppo_epochs, "optimizer_updates": total_updates,
         "value_learning_rate": value_lr, "final_kl_coef": kl_ctl.value, "memory_bytes": memory_report(base, optimizer),
+        "skipped_rows": skipped.total,
     })
     run.tracker.finish(result)
     acc.wait_for_everyone()

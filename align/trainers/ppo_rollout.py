@@ -2,7 +2,7 @@
 the minibatch loss. `align.trainers.ppo` is the loop that calls these.
 
 What it does:
-- `load_prompt_rows(cfg, split)`: PPO prompts `{"prompt", "answer"}` from the built-in task, a
+- `load_prompt_rows(cfg, split, skipped)`: PPO prompts `{"prompt", "answer"}` from the built-in task, a
   local JSON/JSONL/Parquet file (`align.data.loading.read_rows`) or a hub dataset (with
   `ppo.dataset_config`), with `ppo.prompt_field` / `ppo.answer_field` naming the columns; an
   answer may be an integer or GSM8K text ending in `#### 42`. The answer column is needed only
@@ -10,7 +10,10 @@ What it does:
   `ppo.gold_reward` with `needs_answer`, e.g. arithmetic_correctness), and then every answer must
   be an integer (those rewards compare integers): text such as "seven", 3.5, NaN or 1e400 is a
   DataError naming file, line and field when the file is loaded, not a crash mid-run; otherwise a
-  row without one gets answer None, which rollout, scoring and evaluation pass through untouched;
+  row without one gets answer None, which rollout, scoring and evaluation pass through untouched.
+  A bad row (not JSON, no prompt, a bad answer) follows `data.bad_rows` as in every other loader
+  (`align.data.loading.convert_rows`): a DataError naming file, line and field, or under `skip`
+  left out and counted in the caller's `SkipCounter`; a file that gives no prompt is a DataError;
 - `build_training_reward(spec, learned)`: the reward the policy is trained on, from the terms of
   `ppo.reward` (`reward_models.base.parse_reward_spec`): any `reward_models` function, the learned
   reward role, or a weighted sum;
@@ -35,13 +38,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from align.data.loading import DataError, read_rows
+from align.data.loading import DataError, Row, SkipCounter, convert_rows, no_rows_error, read_rows
 from align.logprobs import gather_logprobs, position_ids_from_mask
 from align.losses.policy import (
     entropy_from_logits, gae_advantages, masked_mean, masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss,
@@ -94,9 +98,13 @@ def answer_readers(cfg) -> list[str]:
     return readers
 
 
-def load_prompt_rows(cfg, split: str) -> list[dict]:
-    """`[{"prompt", "answer"}]` of `split` ("train" or "eval"), see the module docstring."""
+def load_prompt_rows(cfg, split: str, skipped: SkipCounter | None = None) -> list[dict]:
+    """`[{"prompt", "answer"}]` of `split` ("train" or "eval"), see the module docstring. A bad row
+    of a file or hub dataset follows `data.bad_rows` as in every loader (`convert_rows`): an error
+    naming file, line and field, or skipped and counted in `skipped`; a file that gives no prompt
+    is `no_rows_error`'s DataError."""
     data, ppo = cfg.data, cfg.ppo
+    skipped = skipped if skipped is not None else SkipCounter()
     key = "data.train_file" if split == "train" else "data.eval_file"
     path = data.train_file if split == "train" else data.eval_file
     if path is None and split == "eval" and data.train_file is not None and not _looks_local(data.train_file, "data.train_file"):
@@ -108,49 +116,53 @@ def load_prompt_rows(cfg, split: str) -> list[dict]:
 
         n = data.num_train if split == "train" else data.num_eval
         return get_task(data.task).prompts(split, n, cfg.train.seed)
+    before = Counter(skipped.counts)
     if _looks_local(path, key):
-        rows = [(r.data, r.where) for r in read_rows(path)]  # where: "file: line 3" (JSONL), "file: row 3"
+        source = path
+        rows = read_rows(path, data.bad_rows, skipped)  # Row.where: "file: line 3" (JSONL), "file: row 3"
     else:
         import datasets
 
         hub_split = "train" if split == "train" else ppo.eval_split
+        source = f"{path}[{hub_split}]"
         try:
             dataset = datasets.load_dataset(path, ppo.dataset_config, split=hub_split)
         except Exception as err:  # datasets raises many types; say which dataset and why, in one line
             reason = (str(err).strip().splitlines() or [""])[0]
-            raise DataError(f"{path}[{hub_split}]: could not be read as a dataset ({type(err).__name__}: {reason})") from None
-        rows = [(dict(r), f"{path}[{hub_split}]: row {i}") for i, r in enumerate(dataset, start=1)]
+            raise DataError(f"{source}: could not be read as a dataset ({type(err).__name__}: {reason})") from None
+        rows = [Row(dict(r), source, i) for i, r in enumerate(dataset, start=1)]
     readers = answer_readers(cfg)
-    out = []
-    for record, where in rows:
-        prompt = record.get(ppo.prompt_field)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{where}: field '{ppo.prompt_field}' must be a non-empty string", "missing_field")
-        answer = record.get(ppo.answer_field)
-        if answer is None and readers:
+    out = convert_rows(rows, lambda row: _prompt_row(row, ppo.prompt_field, ppo.answer_field, readers), data.bad_rows, skipped)
+    if not out:
+        raise no_rows_error(source, skipped.counts - before)  # this source's skips, unreadable lines included
+    return out if split == "train" else out[: data.num_eval]
+
+
+def _prompt_row(row: Row, prompt_field: str, answer_field: str, readers: list[str]) -> dict:
+    """One `{"prompt", "answer"}` from a file's row, or a DataError naming its line and field."""
+    prompt = row.data.get(prompt_field)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{row.where}: field '{prompt_field}' must be a non-empty string", "missing_field")
+    answer = row.data.get(answer_field)
+    if answer is None and readers:
+        raise DataError(
+            f"{row.where}: field '{answer_field}' is missing, and {readers[0]} needs an answer for every prompt "
+            f"(name the answer column with ppo.answer_field, or use a reward that reads none, e.g. learned)",
+            "missing_field",
+        )
+    if answer is not None:
+        try:
+            parsed = parse_answer(answer)
+        except ValueError as err:
+            raise DataError(f"{row.where}: field '{answer_field}': {err}", "wrong_type") from None
+        if readers and not isinstance(parsed, int):  # checked here, not when the reward first runs
+            shown = repr(answer) if len(repr(answer)) <= 60 else repr(answer)[:57] + "..."
             raise DataError(
-                f"{where}: field '{ppo.answer_field}' is missing, and {readers[0]} needs an answer for every prompt "
-                f"(name the answer column with ppo.answer_field, or use a reward that reads none, e.g. learned)",
-                "missing_field",
+                f"{row.where}: field '{answer_field}' must be an integer (or text ending in '#### 42'), got {shown}; "
+                f"{readers[0]} compares integer answers", "wrong_type",
             )
-        if answer is not None:
-            try:
-                parsed = parse_answer(answer)
-            except ValueError as err:
-                raise DataError(f"{where}: field '{ppo.answer_field}': {err}", "wrong_type") from None
-            if readers and not isinstance(parsed, int):  # checked here, not when the reward first runs
-                shown = repr(answer) if len(repr(answer)) <= 60 else repr(answer)[:57] + "..."
-                raise DataError(
-                    f"{where}: field '{ppo.answer_field}' must be an integer (or text ending in '#### 42'), got {shown}; "
-                    f"{readers[0]} compares integer answers", "wrong_type",
-                )
-            answer = parsed
-        out.append({"prompt": prompt, "answer": answer})
-    if split == "train":
-        out = out[: data.num_train] if data.train_file is None else out
-    else:
-        out = out[: data.num_eval]
-    return out
+        answer = parsed
+    return {"prompt": prompt, "answer": answer}
 
 
 def render_prompts(prompts: list[str], tokenizer, chat_template: bool) -> list[str]:
