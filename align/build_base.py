@@ -1,7 +1,17 @@
 """Build a built-in base model offline: tokenizer, random init, pretraining with our SFT trainer.
 
-    align build-base                 # builds builtin:tiny-arith into $ALIGN_HOME/bases/tiny-arith
-    align build-base --force         # rebuild
+    align build-base                 # rebuilds builtin:tiny-arith into $ALIGN_HOME/bases/tiny-arith
+                                     # and says how it compares with the shipped weights
+    align build-base --force         # rebuild even if that cache is current
+
+Why the weights also ship with the package: training is deterministic on one CPU, but float
+rounding differs between CPUs (other SIMD kernels, another summation order), and 3000 steps of
+training carry a rounding difference into visibly different weights. The recipe was chosen so
+that every such build lands in the same narrow quality band (`scripts/base_robustness.py` checks
+seeds x kernel sets; the table is in the README), yet only the shipped file makes every user
+start from exactly the base that the README's figures were measured on. So `builtin:tiny-arith`
+loads the shipped weights (checked against their sha256), and this module rebuilds them on
+demand, for anyone who wants to see the recipe work or to change it.
 
 Steps, all deterministic: (1) the built-in char-level tokenizer and a random Llama-style init
 (`scratch:<size>`, seed 0); (2) full-mode training on the completions of the task world's noisy
@@ -34,7 +44,7 @@ BASE_RECIPES: dict[str, list[str]] = {
         "data.num_train=50000",
         "data.max_length=64",
         "sft.completion_only_loss=true",
-        "optimizer.lr=0.003",
+        "optimizer.lr=0.001",
         "optimizer.beta2=0.98",
         "optimizer.schedule=cosine",
         "optimizer.warmup_steps=100",
@@ -65,6 +75,94 @@ def base_fingerprint(name: str) -> str:
     recipe = BASE_RECIPES[name]
     size = next(o.split("scratch:", 1)[1] for o in recipe if o.startswith("model=scratch:"))
     return _fingerprint({"recipe": recipe, "size": MODEL_SIZES[size]})
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_base_usable(name: str) -> bool:
+    """Whether the package's shipped weights of `name` exist and come from the current recipe.
+
+    Weights of an older recipe (a developer changed BASE_RECIPES) are not used: the base is built
+    from the current recipe instead. Weights whose sha256 differs from their BUILD_INFO.json were
+    damaged after shipping: that is an error, not something to paper over with a rebuild."""
+    import json
+
+    from align.models import shipped_base_dir
+
+    folder = shipped_base_dir(name)
+    info_file = folder / "BUILD_INFO.json"
+    if not info_file.exists() or not (folder / "model.safetensors").exists():
+        return False
+    info = json.loads(info_file.read_text())
+    if info.get("fingerprint") != base_fingerprint(name):
+        return False
+    actual = file_sha256(folder / "model.safetensors")
+    if actual != info.get("sha256"):
+        raise ValueError(
+            f"the shipped weights of {name} in {folder} are damaged (sha256 {actual[:12]}..., expected "
+            f"{str(info.get('sha256'))[:12]}...): reinstall the package, or run `align build-base` and use its folder as `model`"
+        )
+    return True
+
+
+_QUALITY_CHECKED: dict[str, dict] = {}
+
+
+def _quality_cache(sha: str) -> Path:
+    return align_home() / "bases" / "quality" / f"{sha[:16]}.json"
+
+
+def _store_quality(sha: str, quality: dict) -> None:
+    import json
+
+    cache = _quality_cache(sha)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(quality, indent=2))
+    os.replace(tmp, cache)
+
+
+def check_base_quality(name: str, path: str) -> dict:
+    """Evaluate the base at `path` once per machine (cached under $ALIGN_HOME by its sha256) and
+    print a warning when it is outside `name`'s expected band, instead of letting a run train
+    silently from a broken base. Returns the evaluation. The caller's RNG and threads are kept."""
+    import json
+    import sys
+
+    from align.tasks import BUILTIN_BASES
+
+    sha = file_sha256(Path(path) / "model.safetensors")
+    if sha in _QUALITY_CHECKED:
+        return _QUALITY_CHECKED[sha]
+    cache = _quality_cache(sha)
+    if cache.exists():
+        quality = json.loads(cache.read_text())
+    else:
+        print(f"checking the quality of {name} on this machine (once) ...", file=sys.stderr, flush=True)
+        with _caller_state_kept():
+            quality = evaluate_base(path)
+        _store_quality(sha, quality)
+    base = BUILTIN_BASES[name]
+    low, high = base.sampled_accuracy_range
+    greedy, sampled = quality["accuracy_greedy_4x256"], quality["accuracy_sampled_4x256"]
+    if greedy < base.min_greedy_accuracy or not low <= sampled <= high:
+        print(
+            f"warning: the base {name} at {path} evaluates outside its expected band on this machine: "
+            f"greedy accuracy {greedy:.3f} (expected >= {base.min_greedy_accuracy}), sampled {sampled:.3f} "
+            f"(expected {low}-{high}; 4 x 256 held-out prompts). Results of runs from it will not match "
+            f"the README. Rebuild with `align build-base --force` or reinstall the package.",
+            file=sys.stderr, flush=True,
+        )
+    _QUALITY_CHECKED[sha] = quality
+    return quality
 
 
 def is_built(name: str) -> bool:
@@ -104,8 +202,15 @@ def scratch_model_dir(size: str) -> str:
     return str(path)
 
 
-def _evaluate_base(path: str) -> dict[str, float]:
-    """Greedy and sampled accuracy of the freshly built base on 256 held-out prompts."""
+def evaluate_base(path: str) -> dict[str, float]:
+    """Quality of a built base on held-out prompts.
+
+    `accuracy_greedy` / `accuracy_sampled` etc.: 256 prompts, eval seed 0 (what a run's
+    `eval_before` shows at seed 0). `accuracy_sampled_4x256`: the sampled accuracy over 4 eval
+    seeds (1,024 samples), whose sampling noise (std ~0.015) is half that of one 256-sample eval,
+    so it is the figure the quality band is checked on.
+    """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from align.evaluation import evaluate_task
@@ -113,7 +218,12 @@ def _evaluate_base(path: str) -> dict[str, float]:
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    result = evaluate_task(model, tokenizer, get_task("arithmetic"), n=256, split="eval", seed=0, max_new_tokens=20)
+    task = get_task("arithmetic")
+    with torch.random.fork_rng():
+        runs = [evaluate_task(model, tokenizer, task, n=256, split="eval", seed=s, max_new_tokens=20) for s in range(4)]
+    result = dict(runs[0])
+    result["accuracy_sampled_4x256"] = sum(r["accuracy_sampled"] for r in runs) / len(runs)
+    result["accuracy_greedy_4x256"] = sum(r["accuracy_greedy"] for r in runs) / len(runs)
     return {k: round(v, 4) for k, v in result.items()}
 
 
@@ -139,9 +249,40 @@ def _caller_state_kept():
         np.random.set_state(numpy_state)
 
 
+def compare_with_shipped(name: str, built: str) -> str:
+    """One paragraph on how a rebuild at `built` compares with the shipped weights of `name`."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from align.models import shipped_base_dir
+
+    shipped = shipped_base_dir(name)
+    if not (shipped / "model.safetensors").exists():
+        return f"no shipped weights of {name} to compare with"
+    mine, theirs = load_file(str(Path(built) / "model.safetensors")), load_file(str(shipped / "model.safetensors"))
+    if set(mine) != set(theirs) or any(mine[k].shape != theirs[k].shape for k in theirs):
+        same = "a different model (other tensor names or shapes) from"
+    else:
+        diff = max(float((mine[k] - theirs[k]).abs().max()) for k in theirs)
+        same = "bit-identical to" if diff == 0 else f"different from (max |weight difference| {diff:.3g})"
+    q_built = json.loads((Path(built) / "BUILD_INFO.json").read_text())["eval_arithmetic"]
+    q_shipped = json.loads((shipped / "BUILD_INFO.json").read_text())["eval_arithmetic"]
+    return (
+        f"the rebuild is {same} the shipped weights (built with {json.loads((shipped / 'BUILD_INFO.json').read_text()).get('built_with')}; "
+        f"this machine: torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}).\n"
+        f"  greedy / sampled accuracy (4 x 256 prompts): rebuild {q_built['accuracy_greedy_4x256']:.3f} / "
+        f"{q_built['accuracy_sampled_4x256']:.3f}, shipped {q_shipped['accuracy_greedy_4x256']:.3f} / "
+        f"{q_shipped['accuracy_sampled_4x256']:.3f}.\n"
+        f"  Recipes use the shipped weights (`model: {name}`); to train from the rebuild, set `model={built}`."
+    )
+
+
 def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
-    """Build `name` if it is not cached (or `force`); return its folder. The caller's torch
-    threads and RNG states are the same afterwards (see `_caller_state_kept`)."""
+    """Build `name` into the cache if it is not built there from the current recipe (or `force`);
+    return its folder. The caller's torch threads and RNG states are the same afterwards (see
+    `_caller_state_kept`)."""
     if name not in BASE_RECIPES:
         raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BASE_RECIPES)}")
     final = builtin_base_dir(name)
@@ -151,28 +292,45 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
         return _build(name, final)
 
 
-def _build(name: str, final: Path) -> str:
+def build_into(name: str, final: Path, overrides: list[str] = ()) -> dict:
+    """Train `name`'s recipe (plus `overrides`, e.g. another seed for a robustness study), evaluate
+    it, and move the model with its BUILD_INFO.json into `final`; return the build info."""
+    import json
+
     from align.config import load_recipe
     from align.trainers.sft import train_sft
 
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
-    print(f"building {name} (once; cached in {final}) ...", flush=True)
+    print(f"building {name} (cached in {final}) ...", flush=True)
     t0 = time.time()
-    cfg = load_recipe(None, BASE_RECIPES[name] + [f"output_dir={work / 'run'}"])
+    recipe = BASE_RECIPES[name] + list(overrides)
+    cfg = load_recipe(None, recipe + [f"output_dir={work / 'run'}"])
     run_dir = Path(train_sft(cfg).run_dir)
     shutil.copytree(run_dir / "model", work / "model")
-    import json
-
+    # The training curve travels with the weights: loss and gradient norm every 100 steps show
+    # whether a build trained smoothly (a spike is what an unstable recipe looks like).
+    shutil.copy(run_dir / "metrics.jsonl", work / "model" / "build_metrics.jsonl")
     build_seconds = round(time.time() - t0, 1)
-    quality = _evaluate_base(str(work / "model"))
-    (work / "model" / "BUILD_INFO.json").write_text(json.dumps({
-        "name": name, "fingerprint": base_fingerprint(name), "build_seconds": build_seconds,
-        "eval_arithmetic": quality, "recipe": BASE_RECIPES[name],
-    }, indent=2))
+    quality = evaluate_base(str(work / "model"))
+    import torch
+
+    info = {
+        "name": name, "fingerprint": base_fingerprint(name) if not overrides else None,
+        "sha256": file_sha256(work / "model" / "model.safetensors"), "build_seconds": build_seconds,
+        "eval_arithmetic": quality, "recipe": recipe,
+        "built_with": {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+    }
+    (work / "model" / "BUILD_INFO.json").write_text(json.dumps(info, indent=2))
+    _store_quality(info["sha256"], quality)  # evaluated on this machine just now
     if final.exists():
         shutil.rmtree(final)
     os.replace(work / "model", final)
     shutil.rmtree(work, ignore_errors=True)
     print(f"built {name} in {build_seconds:.0f}s; arithmetic eval: {quality}", flush=True)
+    return info
+
+
+def _build(name: str, final: Path) -> str:
+    build_into(name, final)
     return str(final)

@@ -1,7 +1,7 @@
 """The `align` command.
 
     align train RECIPE.yaml [key.sub=value ...]   train; the last line printed is the run directory
-    align build-base [builtin:tiny-arith] [--force]  build (or rebuild) a built-in base model
+    align build-base [builtin:tiny-arith] [--force]  rebuild a built-in base from its recipe; compare with the shipped one
     align config-help                              every recipe key with its type, default and doc
     align export-reward RUN_DIR OUT_DIR [--drop-bias]  a reward run as a transformers
                                                    AutoModelForSequenceClassification (align.export)
@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ.get("RANK", "0")) == 0:  # one line, from the main process only
                 print(run_dir, flush=True)
         elif args.command == "build-base":
-            from align.build_base import build_base
+            from align.build_base import build_base, compare_with_shipped
 
-            print(build_base(args.name, force=args.force), flush=True)
+            built = build_base(args.name, force=args.force)
+            print(compare_with_shipped(args.name, built), flush=True)
+            print(built, flush=True)
         elif args.command == "export-reward":
             from align.export import export_reward
 

@@ -2,8 +2,14 @@
 
 `scratch:<size>` (`tiny-arith` or `test`) is a deterministic random init of that size with the
 built-in tokenizer: what the base is pretrained from, and a fast model for tests.
-`builtin:tiny-arith` names the toolkit's own tiny Llama-style base, built offline on first use
-(or by `align build-base`) and cached under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`).
+`builtin:tiny-arith` names the toolkit's own tiny Llama-style base. Its weights ship inside the
+package (`align/tasks/bases/tiny-arith/`, 2.3 MB, sha256 in its BUILD_INFO.json), so every
+machine starts from exactly the base the README's figures were measured on: rebuilding it from
+its recipe is not bit-reproducible across CPUs (see `align.build_base`). Only when the shipped
+files are missing, or were built by another recipe than the current one, is it built offline on
+first use and cached under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`). The first use
+on a machine also evaluates the base once and warns when it is outside its expected quality band
+(`align.build_base.check_base_quality`).
 Anything else is handed to `transformers.AutoModelForCausalLM.from_pretrained`: a hub id (needs a
 network) or a local folder.
 """
@@ -26,19 +32,23 @@ def builtin_base_dir(name: str) -> Path:
     return align_home() / "bases" / name.split(":", 1)[1]
 
 
+def shipped_base_dir(name: str) -> Path:
+    """Where the package keeps the shipped weights of built-in base `name`."""
+    return Path(__file__).resolve().parent / "tasks" / "bases" / name.split(":", 1)[1]
+
+
 def resolve_model_path(name: str) -> str:
-    """A loadable path for `name`; builds a built-in base first if it is not cached yet."""
+    """A loadable path for `name`: the shipped built-in base, else a cached (or new) build."""
     if name.startswith("builtin:"):
         from align.tasks import BUILTIN_BASES
 
         if name not in BUILTIN_BASES:
             raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BUILTIN_BASES)}")
-        from align.build_base import build_base, is_built
+        from align.build_base import build_base, check_base_quality, shipped_base_usable
 
-        path = builtin_base_dir(name)
-        if not is_built(name):  # not built yet, or built by an older recipe
-            build_base(name)
-        return str(path)
+        path = str(shipped_base_dir(name)) if shipped_base_usable(name) else build_base(name)
+        check_base_quality(name, path)
+        return path
     if name.startswith("scratch:"):
         # A random init of a built-in size with the built-in tokenizer (base building, tests).
         from align.build_base import scratch_model_dir

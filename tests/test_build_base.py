@@ -29,7 +29,8 @@ def test_build_is_deterministic_cached_and_rebuilt_when_the_recipe_changes(tmp_p
     states = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
     expected = torch.rand(3), random.random(), np.random.rand()
     torch.random.set_rng_state(states[0]), random.setstate(states[1]), np.random.set_state(states[2])
-    model, tokenizer = load_model_and_tokenizer("builtin:tiny-arith")  # builds on first use
+    # The shipped weights come from another recipe than this fast one, so this builds on first use.
+    model, tokenizer = load_model_and_tokenizer("builtin:tiny-arith")
     assert torch.get_num_threads() == 1
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
     path = tmp_path / "home" / "bases" / "tiny-arith"
@@ -37,6 +38,11 @@ def test_build_is_deterministic_cached_and_rebuilt_when_the_recipe_changes(tmp_p
     assert info["fingerprint"] == build.base_fingerprint("builtin:tiny-arith")
     assert set(info["eval_arithmetic"]) >= {"accuracy_greedy", "accuracy_sampled"}
     assert tokenizer("Q: 1+2=? A:")["input_ids"][0] == tokenizer.bos_token_id
+
+    assert info["sha256"] == build.file_sha256(path / "model.safetensors")
+    comparison = build.compare_with_shipped("builtin:tiny-arith", str(path))
+    # The fast test recipe builds a smaller model than the shipped one.
+    assert "a different model (other tensor names or shapes)" in comparison and f"model={path}" in comparison
 
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert build.build_base("builtin:tiny-arith") == str(path)  # cached: not rebuilt

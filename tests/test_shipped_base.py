@@ -1,0 +1,81 @@
+"""The shipped built-in base: its weights come from the current recipe, are loaded as they are
+(never rebuilt silently), damage is an error, and a base outside its quality band is warned about."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import align.build_base as build
+import align.models as models
+from align.tasks import BUILTIN_BASES
+
+NAME = "builtin:tiny-arith"
+
+
+def test_shipped_weights_match_their_sha256_and_the_current_recipe():
+    folder = models.shipped_base_dir(NAME)
+    info = json.loads((folder / "BUILD_INFO.json").read_text())
+    assert info["sha256"] == build.file_sha256(folder / "model.safetensors")
+    # A changed base recipe must come with re-shipped weights (align build-base, then copy).
+    assert info["fingerprint"] == build.base_fingerprint(NAME)
+    assert info["recipe"] == build.BASE_RECIPES[NAME]
+    assert build.shipped_base_usable(NAME)
+    # The shipped base itself is inside the band it promises every user.
+    base, quality = BUILTIN_BASES[NAME], info["eval_arithmetic"]
+    assert quality["accuracy_greedy_4x256"] >= base.min_greedy_accuracy
+    low, high = base.sampled_accuracy_range
+    assert low <= quality["accuracy_sampled_4x256"] <= high
+
+
+def test_builtin_name_loads_the_shipped_folder_without_building(monkeypatch):
+    monkeypatch.setattr(build, "build_base", lambda *a, **k: pytest.fail("must not build"))
+    monkeypatch.setattr(build, "check_base_quality", lambda name, path: {})
+    assert models.resolve_model_path(NAME) == str(models.shipped_base_dir(NAME))
+
+
+def test_damaged_shipped_weights_are_an_error(tmp_path, monkeypatch):
+    copy = tmp_path / "tiny-arith"
+    shutil.copytree(models.shipped_base_dir(NAME), copy)
+    with open(copy / "model.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(models, "shipped_base_dir", lambda name: copy)
+    with pytest.raises(ValueError, match="damaged"):
+        build.shipped_base_usable(NAME)
+
+
+def test_missing_shipped_weights_fall_back_to_a_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "shipped_base_dir", lambda name: tmp_path / "nothing-here")
+    assert not build.shipped_base_usable(NAME)
+
+
+def test_a_base_outside_its_band_is_warned_about_once_per_machine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(build, "_QUALITY_CHECKED", {})
+    path = models.resolve_model_path("scratch:test")  # a random init: far outside any band
+    calls = []
+    real = build.evaluate_base
+    monkeypatch.setattr(build, "evaluate_base", lambda p: calls.append(p) or real(p))
+
+    quality = build.check_base_quality(NAME, path)
+    err = capsys.readouterr().err
+    assert "warning: the base builtin:tiny-arith" in err and "outside its expected band" in err
+    assert quality["accuracy_greedy_4x256"] < BUILTIN_BASES[NAME].min_greedy_accuracy
+    assert len(calls) == 1
+
+    monkeypatch.setattr(build, "_QUALITY_CHECKED", {})  # a new process: the cached result is read
+    build.check_base_quality(NAME, path)
+    assert len(calls) == 1 and "outside its expected band" in capsys.readouterr().err
+
+
+def test_a_base_inside_its_band_is_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(build, "_QUALITY_CHECKED", {})
+    shipped = str(models.shipped_base_dir(NAME))
+    info = json.loads((models.shipped_base_dir(NAME) / "BUILD_INFO.json").read_text())
+    monkeypatch.setattr(build, "evaluate_base", lambda p: info["eval_arithmetic"])
+    build.check_base_quality(NAME, shipped)
+    assert "warning" not in capsys.readouterr().err
