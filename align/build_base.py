@@ -158,7 +158,8 @@ def check_base_quality(name: str, path: str) -> dict:
             f"warning: the base {name} at {path} evaluates outside its expected band on this machine: "
             f"greedy accuracy {greedy:.3f} (expected >= {base.min_greedy_accuracy}), sampled {sampled:.3f} "
             f"(expected {low}-{high}; 4 x 256 held-out prompts). Results of runs from it will not match "
-            f"the README. Rebuild with `align build-base --force` or reinstall the package.",
+            f"the README. If these are the shipped weights, please report it with your CPU and torch version; "
+            f"if you changed the base recipe, check it with scripts/base_robustness.py.",
             file=sys.stderr, flush=True,
         )
     _QUALITY_CHECKED[sha] = quality

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train from a recipe")
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 lora.rank=4")
-    build = sub.add_parser("build-base", help="build a built-in base model")
+    build = sub.add_parser("build-base", help="rebuild a built-in base from its recipe and compare it with the shipped weights")
     build.add_argument("name", nargs="?", default="builtin:tiny-arith")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     sub.add_parser("config-help", help="list every recipe key")

@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,7 +47,8 @@ def run_one(recipe: str, overrides: list[str], seed: int, cap: str, runs_dir: Pa
             raise SystemExit(f"run {out.name} failed (exit {proc.returncode}); see {runs_dir / (out.name + '.log')}")
     summary = json.loads((out / "summary.json").read_text())
     return {"seed": seed, "capability": cap, "eval_before": summary.get("eval_before", {}),
-            "eval_after": summary.get("eval_after", {}), "wall_seconds": summary.get("wall_seconds")}
+            "eval_after": summary.get("eval_after", {}), "wall_seconds": summary.get("wall_time_s"),
+            "trainable_parameters": summary.get("trainable_parameters")}
 
 
 def mean_std(values: list[float]) -> str:
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs-dir", default=None, help="default: runs/spread/<recipe>")
     parser.add_argument("--out", default="results/spread")
-    parser.add_argument("--metrics", nargs="+", default=None, help="eval_after keys to report (default: all)")
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="eval_after keys to report (default: all but duplicates, log-probs and no_stop_fraction)")
     args = parser.parse_args(argv)
 
     caps = args.caps or available_capabilities()
@@ -74,15 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(args.runs_dir or f"runs/spread/{stem}")
     jobs = [(s, c) for s in args.seeds for c in caps]
     print(f"{args.recipe}: {len(jobs)} runs ({len(args.seeds)} seeds x {caps}), {args.jobs} at a time", flush=True)
-    t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(args.recipe, args.overrides, *job, runs_dir), jobs))
 
-    metrics = args.metrics or sorted(rows[0]["eval_after"])
+    # gold_score_* equal accuracy_* on the arithmetic task; keep them where they differ (preference).
+    # Log-prob and per-side reward columns are in summary.json; the table keeps what is judged.
+    metrics = args.metrics or [m for m in sorted(rows[0]["eval_after"]) if m != "no_stop_fraction"
+                               and "logps" not in m and not m.endswith(("/chosen", "/rejected")) and not (
+        m.startswith("gold_score") and all(r["eval_after"][m] == r["eval_after"][m.replace("gold_score", "accuracy")] for r in rows))]
     lines = [f"| seed | kernels | {' | '.join(f'{m} before -> after' for m in metrics)} | wall s |",
              "|---|---|" + "---|" * len(metrics) + "---|"]
     for r in rows:
-        cells = [f"{r['eval_before'].get(m, float('nan')):.3f} -> {r['eval_after'][m]:.3f}" for m in metrics]
+        cells = [(f"{r['eval_before'][m]:.3f}" if m in r["eval_before"] else "—") + f" -> {r['eval_after'][m]:.3f}"
+                 for m in metrics]
         lines.append(f"| {r['seed']} | {r['capability']} | {' | '.join(cells)} | {r['wall_seconds'] or 0:.0f} |")
     summary = {m: mean_std([r["eval_after"][m] for r in rows]) for m in metrics}
     before = {m: mean_std([r["eval_before"][m] for r in rows if m in r["eval_before"]]) for m in metrics
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = f"OMP_NUM_THREADS=1 python scripts/spread.py {args.recipe}" + "".join(f" {o}" for o in args.overrides)
     if args.caps:
         cmd += " --caps " + " ".join(args.caps)
-    text = f"Command: `{cmd}` ({len(jobs)} runs, {time.time() - t0:.0f} s wall, {args.jobs} at a time)\n\n" + "\n".join(lines) + "\n"
+    text = (f"Command: `{cmd}` ({len(jobs)} runs, 1 thread each, {args.jobs} at a time; "
+            f"wall s: the run's own wall time)\n\n" + "\n".join(lines) + "\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(text)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every figure of the README's "Results" that stands on the built-in base, re-measured in one go
+# (about 45 minutes on 2 cores). Run from the repository root after `pip install -e .`:
+#     bash scripts/readme_figures.sh
+# Outputs: results/base_robustness/shipped/table.md, results/spread/*.md, results/rm_probe.txt,
+# results/rm_per_kind.txt. The parity studies (scripts/parity.py dpo|ppo|rm) are not rerun here:
+# they take 20-40 minutes each; the README says which base each was measured on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 WANDB_MODE=disabled
+
+# The base recipe over 3 seeds x every CPU kernel set (9 builds).
+python scripts/base_robustness.py --out results/base_robustness
+
+# Each cheap recipe over 3 seeds x every kernel set: the README's mean ± std.
+for recipe in ppo_lora sft_lora sft_full dpo_lora dpo_full rm_lora rm_full; do
+  python scripts/spread.py "recipes/$recipe.yaml"
+done
+
+# PPO against the learned reward model (the recipe reads runs/rm_lora).
+rm -rf runs/rm_lora runs/rm_full
+python -m align.cli train recipes/rm_lora.yaml output_dir=runs/rm_lora > /dev/null
+python -m align.cli train recipes/rm_full.yaml output_dir=runs/rm_full > /dev/null
+python scripts/spread.py recipes/ppo_lora_rm.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+python scripts/rm_per_kind.py runs/rm_lora runs/rm_full | tee results/rm_per_kind.txt
+python scripts/rm_probe.py | tee results/rm_probe.txt
