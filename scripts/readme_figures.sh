@@ -13,6 +13,7 @@ export OMP_NUM_THREADS=1 WANDB_MODE=disabled
 python scripts/base_robustness.py --out results/base_robustness
 
 # Each cheap recipe over 3 seeds x every kernel set: the README's mean ± std.
+# (DPO, PPO parity: python scripts/parity.py dpo|ppo, about 10 and 30 minutes.)
 for recipe in ppo_lora sft_lora sft_full dpo_lora dpo_full rm_lora rm_full; do
   python scripts/spread.py "recipes/$recipe.yaml"
 done
@@ -24,3 +25,10 @@ python -m align.cli train recipes/rm_full.yaml output_dir=runs/rm_full > /dev/nu
 python scripts/spread.py recipes/ppo_lora_rm.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 python scripts/rm_per_kind.py runs/rm_lora runs/rm_full | tee results/rm_per_kind.txt
 python scripts/rm_probe.py | tee results/rm_probe.txt
+
+# The usual last-token head on this base, and PPO against it (reward hacking, gold logged beside).
+rm -rf runs/rm_lora_last_token runs/rm_full_last_token runs/ppo_rm_last_token
+python -m align.cli train recipes/rm_lora.yaml reward.readout=last_token output_dir=runs/rm_lora_last_token > /dev/null
+python -m align.cli train recipes/rm_full.yaml reward.readout=last_token output_dir=runs/rm_full_last_token > /dev/null
+python scripts/rm_per_kind.py runs/rm_lora_last_token runs/rm_full_last_token | tee results/rm_per_kind_last_token.txt
+python -m align.cli train recipes/ppo_lora_rm.yaml ppo.reward_model=runs/rm_lora_last_token output_dir=runs/ppo_rm_last_token

@@ -1,0 +1,54 @@
+"""The study scripts behind the README's robustness figures: their verdicts and tables (the
+builds and runs themselves are the trainers', tested elsewhere)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import base_robustness  # noqa: E402
+import spread  # noqa: E402
+
+
+def _build(seed, cap, greedy, sampled):
+    q = {"accuracy_greedy": greedy, "accuracy_sampled": sampled, "accuracy_sampled_4x256": sampled}
+    return {"seed": seed, "capability": cap, "eval_arithmetic": q, "build_seconds": 1.0}
+
+
+def test_band_passes_only_when_every_build_is_inside():
+    inside = [_build(0, "default", 0.95, 0.60), _build(0, "avx2", 0.99, 0.64), _build(1, "avx512", 0.90, 0.63)]
+    ok, why, median = base_robustness.band_verdict(inside, min_greedy=0.85, sampled_band=0.05)
+    assert ok and why == "" and median == 0.63
+
+    low_greedy = inside + [_build(2, "avx2", 0.41, 0.62)]
+    ok, why, _ = base_robustness.band_verdict(low_greedy, 0.85, 0.05)
+    assert not ok and "seed 2/avx2: greedy 0.410 < 0.85" in why
+
+    far = inside + [_build(2, "default", 0.97, 0.70)]
+    ok, why, _ = base_robustness.band_verdict(far, 0.85, 0.05)
+    assert not ok and "sampled 0.700 outside" in why
+
+
+def test_table_orders_builds_and_summarises_them():
+    rows = [_build(1, "avx512", 0.9, 0.6), _build(0, "AVX2", 1.0, 0.7), _build(0, "default", 0.8, 0.5)]
+    lines = base_robustness.table(rows).splitlines()
+    assert [line.split("|")[1:3] for line in lines[2:5]] == [[" 0 ", " default "], [" 0 ", " AVX2 "], [" 1 ", " avx512 "]]
+    assert lines[-1].startswith("| all | mean ± std (min-max) | 0.900 ± 0.082 (0.800-1.000)")
+
+
+def test_capabilities_are_the_levels_up_to_this_cpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert base_robustness.available_capabilities() == ["default", "avx2"]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")
+    assert base_robustness.available_capabilities() == ["default"]
+
+
+def test_spread_mean_std_is_the_population_std():
+    assert spread.mean_std([0.7, 0.8, 0.9]) == "0.800 ± 0.082"
+    with pytest.raises(Exception):
+        spread.mean_std([])
