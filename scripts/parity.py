@@ -85,7 +85,7 @@ def _full_and_lora(full_lrs: list[float], lora_lrs: list[float]) -> list[Configu
 
 
 FULL_DPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # 300x, x ~3.16 per point (extended up twice: the top was the best)
-LORA_DPO_LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # 33x, ~10x FullFT's best region (the "LoRA Without Regret" rule)
+LORA_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # 100x; first 3e-4..1e-2 (~10x FullFT's best, the "LoRA Without Regret" rule), extended down when 3e-4 won at the edge
 FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the top edge of the first grid
 LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 # x ~3.16 grids, then refined around the best of each (5e-4, 2e-3 for FullFT; 2e-3, 5e-3 for
