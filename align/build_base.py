@@ -106,7 +106,9 @@ def shipped_base_usable(name: str) -> bool:
         return False
     actual = file_sha256(folder / "model.safetensors")
     if actual != info.get("sha256"):
-        raise ValueError(
+        from align.config import ConfigError  # one `error:` line from the CLI, not a traceback
+
+        raise ConfigError(
             f"the shipped weights of {name} in {folder} are damaged (sha256 {actual[:12]}..., expected "
             f"{str(info.get('sha256'))[:12]}...): reinstall the package, or run `align build-base` and use its folder as `model`"
         )
