@@ -85,7 +85,7 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32"):
 
     _quiet_transformers()
     path = resolve_model_path(name)
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(path)  # the resolved folder: a built-in base is checked once, not twice
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
