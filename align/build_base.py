@@ -292,7 +292,8 @@ def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     if is_built(name) and not force:
         return str(final)
     with _caller_state_kept():
-        return _build(name, final)
+        build_into(name, final)
+        return str(final)
 
 
 def build_into(name: str, final: Path, overrides: list[str] = ()) -> dict:
@@ -332,8 +333,3 @@ def build_into(name: str, final: Path, overrides: list[str] = ()) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     print(f"built {name} in {build_seconds:.0f}s; arithmetic eval: {quality}", flush=True)
     return info
-
-
-def _build(name: str, final: Path) -> str:
-    build_into(name, final)
-    return str(final)

@@ -40,7 +40,7 @@ def available_capabilities() -> list[str]:
     import torch
 
     best = torch.backends.cpu.get_cpu_capability().lower()
-    levels = [c for c in CAPABILITY_ORDER]
+    levels = list(CAPABILITY_ORDER)
     return levels[: levels.index(best) + 1] if best in levels else ["default"]
 
 
