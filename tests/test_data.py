@@ -200,3 +200,64 @@ def test_batch_stream_is_a_pure_function_of_seed_and_step():
     rows = a.batch(1)
     assert shard(rows, 0, 2) + shard(rows, 1, 2) == rows
     assert chunks(rows, 2) == [rows[:2], rows[2:]]
+
+
+# ---- per-pair margins: read by the one preference loader, as part of each row ------------------
+
+PAIR = {"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 4"}
+
+
+def pairs_file(tmp_path, rows, name="m.jsonl"):
+    """A JSONL file of raw lines (strings) or rows (dicts)."""
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_margins_are_read_row_by_row_when_asked_for(tmp_path, tok):
+    path = pairs_file(tmp_path, [dict(PAIR, margin=1.5), PAIR, dict(PAIR, margin=2), dict(PAIR, margin=-0.25)])
+    data = DataSettings(task=None, train_file=path)
+    examples = load_examples(data, tok, "pairs", "train", 0, SkipCounter(), read_margin=True)
+    assert [e.margin for e in examples] == [1.5, 0.0, 2.0, -0.25]  # no column: 0
+    assert all(type(e.margin) is float for e in examples)
+    plain = load_examples(data, tok, "pairs", "train", 0, SkipCounter())
+    assert [e.margin for e in plain] == [0.0] * 4  # not asked for: the column is not read
+    assert [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in plain] == [
+        (e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples]
+    task = DataSettings(task="preference", num_train=8, num_eval=4)  # built-in pairs carry no margin
+    for split in ("train", "eval"):
+        assert {e.margin for e in load_examples(task, tok, "pairs", split, 0, SkipCounter(), read_margin=True)} == {0.0}
+    with pytest.raises(ValueError, match="read_margin applies to preference pairs"):
+        load_examples(data, tok, "sft", "train", 0, SkipCounter(), read_margin=True)
+
+
+def test_a_bad_margin_is_its_rows_error_or_skip_and_never_shifts(tmp_path, tok):
+    bad = ['{not json', json.dumps(dict(PAIR, rejected=PAIR["chosen"], margin=9.0)), json.dumps(dict(PAIR, margin="big")),
+           '{"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 4", "margin": NaN}']
+    path = pairs_file(tmp_path, [dict(PAIR, margin=1.5), *bad, PAIR, dict(PAIR, margin=3)])
+    skipped = SkipCounter()
+    data = DataSettings(task=None, train_file=path, bad_rows="skip")
+    examples = load_examples(data, tok, "pairs", "train", 0, skipped, read_margin=True)
+    assert [e.margin for e in examples] == [1.5, 0.0, 3.0]  # the tie's 9.0 left with its row
+    assert skipped.as_dict() == {"skipped/identical_pair": 1, "skipped/not_json": 1, "skipped/wrong_type": 2}
+    with pytest.raises(DataError, match=r"^.*m\.jsonl: all 4 rows were skipped \(data\.bad_rows: skip\): "
+                                        r"1 identical_pair, 1 not_json, 2 wrong_type$"):
+        load_examples(DataSettings(task=None, train_file=pairs_file(tmp_path, bad), bad_rows="skip"), tok, "pairs",
+                      "train", 0, SkipCounter(), read_margin=True)
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ('"big"', "'big'"), ("NaN", "nan"), ("1e400", "inf"), ("true", "True"), ("null", "None"), ("[1]", "[1]"),
+    ("1" + "0" * 400, "1" + "0" * 400),  # an integer past float range
+])
+def test_a_bad_margin_names_file_line_and_field(tmp_path, tok, raw, shown):
+    path = pairs_file(tmp_path, [dict(PAIR, margin=1.0), '{"prompt": "Q: 1+2=? A:", "chosen": " 3", "rejected": " 3", '
+                                 f'"margin": {raw}}}'])
+    data = DataSettings(task=None, train_file=path)
+    with pytest.raises(DataError) as err:
+        load_examples(data, tok, "pairs", "train", 0, SkipCounter(), read_margin=True)
+    # the margin is checked first: this row's tie is not what the message names
+    assert str(err.value) == f"{path}: line 2: field 'margin' must be a finite number, got {shown}"
+    assert err.value.reason == "wrong_type"
+    with pytest.raises(DataError, match=r"line 2: field 'rejected' is identical"):  # not asked for: not read
+        load_examples(data, tok, "pairs", "train", 0, SkipCounter())

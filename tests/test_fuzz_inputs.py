@@ -198,7 +198,7 @@ def check_data_error(err: Exception, path: str, n_lines: int, where: str) -> Non
 
 
 def run_data_case(seed: int, tmp_path) -> None:
-    from align.trainers.ppo_rollout import load_prompt_rows
+    from align.data.prompts import load_prompt_rows
 
     rng = random.Random(seed)
     tokenizer = TOKENIZERS[seed % 2]
@@ -373,7 +373,7 @@ TOO_LONG = "/tmp/" + "x" * 5000 + ".jsonl"
 
 
 def test_ppo_prompt_loader_too_long_path_is_a_data_error():
-    from align.trainers.ppo_rollout import load_prompt_rows
+    from align.data.prompts import load_prompt_rows
 
     with pytest.raises(DataError, match=r"could not be read \(data.train_file: File name too long\)") as err:
         load_prompt_rows(RecipeConfig(method="ppo", data=DataSettings(task=None, train_file=TOO_LONG)), "train")

@@ -1,10 +1,13 @@
-"""PPO prompt files follow `data.bad_rows` as every other loader does (`align.data.loading`).
+"""Prompt files of on-policy runs (`align.data.prompts`) follow `data.bad_rows` as every other
+loader does (`align.data.loading`), and tell local files from hub ids by the recipe's own rule.
 
 - `bad_rows: error`: the first bad row stops the load with one DataError naming file, line, field;
 - `bad_rows: skip`: bad rows (a line that is not JSON, a row without a prompt, an answer a reward
   cannot compare) are left out and counted by reason in the SkipCounter, which the PPO trainer logs
   (`skipped/<reason>` in metrics.jsonl, `skipped_rows` in summary.json);
-- a file whose rows are all skipped, or that has none, is `no_rows_error`'s DataError.
+- a file whose rows are all skipped, or that has none, is `no_rows_error`'s DataError;
+- a `data.*_file` value is a local file or a hub dataset id by `align.config.is_local_data`, for
+  recipe validation and the prompt loader alike.
 
 Tiny model (`scratch:test`); the one training run takes a few seconds.
 Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_ppo_prompts.py`.
@@ -17,14 +20,14 @@ import re
 
 import pytest
 
-from align.config import load_recipe
+from align.config import ConfigError, DataSettings, RecipeConfig, is_local_data, load_recipe
 from align.data.loading import DataError, SkipCounter
-from align.trainers.ppo_rollout import load_prompt_rows
+from align.data.prompts import load_prompt_rows
 
 PPO = [
     "method=ppo", "model=scratch:test", "data.task=null", "lora.rank=4", "train.log_every=1", "train.steps=1",
     "optimizer.lr=0.01", "eval.enabled=false", "tracking.wandb=false", "ppo.rollout_batch_size=4",
-    "ppo.minibatch_size=2", "ppo.max_new_tokens=4", "ppo.ppo_epochs=1", "ppo.reward=arithmetic_correctness",
+    "ppo.minibatch_size=2", "rollout.max_new_tokens=4", "ppo.ppo_epochs=1", "rollout.reward=arithmetic_correctness",
 ]
 GOOD = [json.dumps({"prompt": f"Q: {a}+1=? A:", "answer": a + 1}) for a in range(4)]
 BAD = {  # line 2 is not JSON, line 4 has no prompt, line 6 has an answer the reward cannot compare
@@ -93,6 +96,38 @@ def test_hub_dataset_rows_follow_bad_rows_too(monkeypatch):
     skipped = SkipCounter()
     assert load("user/prompts", "skip", skipped) == [{"prompt": "Q: 1+1=? A:", "answer": 2}]
     assert skipped.as_dict() == {"skipped/missing_field": 1}
+
+
+@pytest.mark.parametrize("value, local", [
+    ("./prompts.jsonl", True), ("prompts.jsonl", True), ("./prompts", True), (".prompts", True), ("a/b/c", True),
+    ("data/", True), ("org/name", False), ("gsm8k", False),
+])
+def test_one_rule_tells_local_files_from_hub_ids(tmp_path, monkeypatch, value, local):
+    """Recipe validation and the prompt loader ask `is_local_data` the same question: a local
+    value must exist when the recipe loads and is read as a file; a hub id is read as a dataset,
+    its held-out prompts from `data.eval_split`."""
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.chdir(tmp_path)  # none of the values exists here
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert is_local_data(value, "data.train_file") is local
+    if local:
+        with pytest.raises(ConfigError, match=rf"data\.train_file file not found: {re.escape(value)}$"):
+            load_recipe(None, PPO + [f"data.train_file={value}"])
+    else:
+        load_recipe(None, PPO + [f"data.train_file={value}"])
+    cfg = RecipeConfig(method="ppo", data=DataSettings(task=None, train_file=value))
+    with pytest.raises(DataError) as err:
+        load_prompt_rows(cfg, "train")
+    assert str(err.value).startswith(f"{value}: " if local else f"{value}[train]: "), str(err.value)
+    if local:  # no eval file, and a local train file has no held-out split
+        assert load_prompt_rows(cfg, "eval") == []
+    else:
+        with pytest.raises(DataError, match=rf"^{re.escape(value)}\[test\]: could not be read as a dataset"):
+            load_prompt_rows(cfg, "eval")
 
 
 def test_ppo_logs_skipped_prompt_rows_in_metrics_and_summary(tmp_path):

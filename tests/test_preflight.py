@@ -29,7 +29,7 @@ from align.data.loading import DataError
 from align.models import load_model_and_tokenizer
 from align.preflight import adapter_load_errors, preflight
 from align.shared_base import SharedBase
-from align.trainers.ppo_rollout import answer_readers, load_prompt_rows, parse_answer
+from align.data.prompts import answer_readers, load_prompt_rows, parse_answer
 from reward_models import (
     ArithmeticCorrectness, FormatReward, GoldPreferenceRule, LearnedReward, LengthPenalty, WeightedSum,
     reward_needs_answer,
@@ -38,7 +38,7 @@ from reward_models import (
 PPO = [
     "method=ppo", "model=scratch:test", "lora.rank=4", "train.log_every=1", "train.steps=1", "optimizer.lr=0.01",
     "eval.enabled=false", "tracking.wandb=false", "ppo.rollout_batch_size=4", "ppo.minibatch_size=2",
-    "ppo.max_new_tokens=4", "ppo.ppo_epochs=1",
+    "rollout.max_new_tokens=4", "ppo.ppo_epochs=1",
 ]
 DPO = [
     "method=dpo", "model=scratch:test", "data.task=preference", "data.num_train=16", "data.num_eval=8",
@@ -91,25 +91,25 @@ def test_a_prompt_file_without_answers_is_refused_only_by_rewards_that_read_them
         return load_prompt_rows(load_recipe(None, base + list(overrides)), "train")
 
     with pytest.raises(DataError) as err:
-        rows("ppo.reward=arithmetic_correctness")
+        rows("rollout.reward=arithmetic_correctness")
     message = str(err.value)  # the file, its first row (JSONL: "line 1"), the field and the reward
     assert message.startswith(f"{prompts}: ") and re.search(r": (line 1|row 0): field 'answer' is missing", message)
-    assert "and ppo.reward 'arithmetic_correctness' needs an answer for every prompt" in message
-    with pytest.raises(DataError, match="ppo.reward term 'arithmetic_correctness'"):
-        rows("ppo.reward=1.0*format + 0.5*arithmetic_correctness")
-    learned = ["ppo.reward=learned", "ppo.reward_model=rm"]  # the folder is only read when training
-    with pytest.raises(DataError, match="ppo.gold_reward 'gold_preference' needs an answer"):
-        rows(*learned, "ppo.gold_reward=gold_preference")
+    assert "and rollout.reward 'arithmetic_correctness' needs an answer for every prompt" in message
+    with pytest.raises(DataError, match="rollout.reward term 'arithmetic_correctness'"):
+        rows("rollout.reward=1.0*format + 0.5*arithmetic_correctness")
+    learned = ["rollout.reward=learned", "rollout.reward_model=rm"]  # the folder is only read when training
+    with pytest.raises(DataError, match="rollout.gold_reward 'gold_preference' needs an answer"):
+        rows(*learned, "rollout.gold_reward=gold_preference")
     with pytest.raises(DataError, match="field 'label' is missing"):
-        rows("ppo.answer_field=label")
+        rows("data.answer_field=label")
     assert answer_readers(load_recipe(None, base + learned)) == []
     assert rows(*learned) == [{"prompt": f"Q: {a}+1=? A:", "answer": None} for a in range(3)]
-    assert [r["answer"] for r in rows("ppo.reward=1.0*format + 0.1*length_penalty")] == [None] * 3
+    assert [r["answer"] for r in rows("rollout.reward=1.0*format + 0.1*length_penalty")] == [None] * 3
 
 
 @pytest.mark.parametrize("raw, problem", [
-    ('"seven"', "must be an integer (or text ending in '#### 42'), got 'seven'; ppo.reward 'arithmetic_correctness' compares integer answers"),
-    ("3.5", "must be an integer (or text ending in '#### 42'), got 3.5; ppo.reward 'arithmetic_correctness' compares"),
+    ('"seven"', "must be an integer (or text ending in '#### 42'), got 'seven'; rollout.reward 'arithmetic_correctness' compares integer answers"),
+    ("3.5", "must be an integer (or text ending in '#### 42'), got 3.5; rollout.reward 'arithmetic_correctness' compares"),
     ('"#### many"', "must be an integer (or text ending in '#### 42'), got '#### many'"),
     ("[3]", "must be an integer (or text ending in '#### 42'), got [3]"),
     ("1e400", ": an answer must be a finite number, got inf"),  # json reads 1e400 as inf
@@ -130,7 +130,7 @@ def test_answers_a_reward_compares_must_be_integers_when_the_file_loads(tmp_path
 def test_answers_no_reward_reads_may_be_text(tmp_path):
     path = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "Q: 1+2=? A:", "answer": "seven"},
                                                     {"prompt": "Q: 1+3=? A:", "answer": "#### 4.0"}])
-    cfg = load_recipe(None, PPO + ["data.task=null", f"data.train_file={path}", "ppo.reward=format"])
+    cfg = load_recipe(None, PPO + ["data.task=null", f"data.train_file={path}", "rollout.reward=format"])
     assert [r["answer"] for r in load_prompt_rows(cfg, "train")] == ["seven", "4.0"]
     with pytest.raises(ValueError, match="finite"):
         parse_answer(float("nan"))  # never an answer, whichever reward runs
@@ -143,8 +143,8 @@ def test_ppo_with_a_learned_reward_trains_and_evaluates_on_prompts_without_answe
 
     cfg = load_recipe(None, PPO + [
         "data.task=null", f"data.train_file={prompts}", f"data.eval_file={prompts}", "eval.enabled=true",
-        "eval.num_prompts=4", "eval.max_new_tokens=4", "ppo.reward=1.0*learned + 0.1*format",
-        f"ppo.reward_model={saved / 'rm'}", f"output_dir={tmp_path / 'run'}",
+        "eval.num_prompts=4", "eval.max_new_tokens=4", "rollout.reward=1.0*learned + 0.1*format",
+        f"rollout.reward_model={saved / 'rm'}", f"output_dir={tmp_path / 'run'}",
     ])
     result = train_ppo(cfg)
     metrics = [json.loads(line) for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
@@ -156,10 +156,10 @@ def test_ppo_with_a_learned_reward_trains_and_evaluates_on_prompts_without_answe
 
 
 def test_what_a_recipe_says_is_checked_when_it_loads():
-    with pytest.raises(ConfigError, match="ppo.gold_reward unknown reward 'gold_preferenc'"):
-        load_recipe(None, PPO + ["ppo.gold_reward=gold_preferenc"])
-    with pytest.raises(ConfigError, match="ppo.gold_reward must be a verifiable reward"):
-        load_recipe(None, PPO + ["ppo.gold_reward=learned"])
+    with pytest.raises(ConfigError, match="rollout.gold_reward unknown reward 'gold_preferenc'"):
+        load_recipe(None, PPO + ["rollout.gold_reward=gold_preferenc"])
+    with pytest.raises(ConfigError, match="rollout.gold_reward must be a verifiable reward"):
+        load_recipe(None, PPO + ["rollout.gold_reward=learned"])
     home = os.path.expanduser("~")
     with pytest.raises(ConfigError, match=f"data.train_file file not found: {re.escape(home)}/no-such-prompts.jsonl"):
         load_recipe(None, ["data.train_file=~/no-such-prompts.jsonl"])  # `~` is expanded once, for every loader
@@ -209,12 +209,12 @@ def test_a_hub_id_is_allowed_unless_offline_and_not_cached(monkeypatch):
 
 def test_missing_or_wrong_folders_name_their_key(tmp_path, saved):
     missing = tmp_path / "runs" / "rm_lora"
-    learned = PPO + ["data.task=preference", "ppo.reward=learned"]
+    learned = PPO + ["data.task=preference", "rollout.reward=learned"]
     cases = [
-        (learned + [f"ppo.reward_model={missing}"], f"ppo.reward_model: {missing} does not exist"),
-        (learned + [f"ppo.reward_model={saved / 'sft'}"], "is neither a reward-model run folder"),
-        (learned + [f"ppo.reward_model={saved / 'rm'}", "mode=full"], "holds a lora-mode save, but the recipe runs mode: full"),
-        (PPO + [f"ppo.init_adapter={missing}"], f"ppo.init_adapter: {missing} does not exist"),
+        (learned + [f"rollout.reward_model={missing}"], f"rollout.reward_model: {missing} does not exist"),
+        (learned + [f"rollout.reward_model={saved / 'sft'}"], "is neither a reward-model run folder"),
+        (learned + [f"rollout.reward_model={saved / 'rm'}", "mode=full"], "holds a lora-mode save, but the recipe runs mode: full"),
+        (PPO + [f"rollout.init_adapter={missing}"], f"rollout.init_adapter: {missing} does not exist"),
         (DPO + [f"dpo.init_adapter={saved / 'sft'}"], f"has no adapter_config.json; did you mean {saved / 'sft' / 'adapter'}?"),
         (DPO + [f"dpo.init_adapter={saved / 'sft' / 'adapter' / 'adapter_config.json'}"], "is a file; dpo.init_adapter takes a folder"),
     ]
@@ -225,7 +225,7 @@ def test_missing_or_wrong_folders_name_their_key(tmp_path, saved):
     # data files are checked when the recipe loads (shipped recipes never name missing ones)
     with pytest.raises(ConfigError, match="data.train_file file not found: data/prompts/train.csv"):
         load_recipe(None, ["data.train_file=data/prompts/train.csv"])
-    preflight(load_recipe(None, learned + [f"ppo.reward_model={saved / 'rm'}"]))  # a fitting one passes
+    preflight(load_recipe(None, learned + [f"rollout.reward_model={saved / 'rm'}"]))  # a fitting one passes
 
 
 def test_names_too_long_to_look_up_are_one_line_naming_their_key(tmp_path, saved):
@@ -234,7 +234,7 @@ def test_names_too_long_to_look_up_are_one_line_naming_their_key(tmp_path, saved
         ([f"model={too_long}"], "model"),
         ([f"output_dir={too_long}"], "output_dir"),
         (DPO + [f"dpo.init_adapter={too_long}"], "dpo.init_adapter"),
-        (PPO + ["data.task=preference", "ppo.reward=learned", f"ppo.reward_model={too_long}"], "ppo.reward_model"),
+        (PPO + ["data.task=preference", "rollout.reward=learned", f"rollout.reward_model={too_long}"], "rollout.reward_model"),
     ]
     for overrides, key in cases:
         with pytest.raises(ConfigError) as err:
@@ -248,11 +248,11 @@ def test_a_reward_model_of_another_base_stops_the_cli_before_anything_loads(tmp_
     recipe = tmp_path / "ppo.yaml"
     run_dir = tmp_path / "run"
     recipe.write_text(yaml.safe_dump({"method": "ppo", "model": "scratch:tiny-arith", "data": {"task": "preference"},
-                                      "ppo": {"reward": "learned", "reward_model": str(saved / "rm")},
+                                      "rollout": {"reward": "learned", "reward_model": str(saved / "rm")},
                                       "output_dir": str(run_dir), "tracking": {"wandb": False}}))
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ppo.reward_model: ")
+    assert len(err) == 1 and err[0].startswith("error: rollout.reward_model: ")
     adapter_base = json.loads((saved / "rm" / "reward" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert f"trained on another base model ({adapter_base}) than the recipe's model (scratch:tiny-arith)" in err[0]
     assert not run_dir.exists()  # refused before the run folder (or the model) was made
@@ -265,13 +265,13 @@ def test_load_errors_that_preflight_cannot_foresee_become_one_line(saved):
     from reward_models.learned import load_learned_reward
 
     with pytest.raises(ConfigError) as err:
-        with adapter_load_errors("ppo.reward_model", str(saved / "rm")):
+        with adapter_load_errors("rollout.reward_model", str(saved / "rm")):
             load_learned_reward(saved / "rm", base)
     message = str(err.value)
-    assert message.startswith(f"ppo.reward_model: {saved / 'rm'} cannot be loaded onto the recipe's model: ")
+    assert message.startswith(f"rollout.reward_model: {saved / 'rm'} cannot be loaded onto the recipe's model: ")
     assert "size mismatch" in message and "\n" not in message
     with pytest.raises(RuntimeError, match="out of memory"):  # not a loading problem: left alone
-        with adapter_load_errors("ppo.reward_model", str(saved / "rm")):
+        with adapter_load_errors("rollout.reward_model", str(saved / "rm")):
             raise RuntimeError("CUDA out of memory")
 
 
@@ -311,7 +311,7 @@ def test_a_ppo_init_adapter_shape_is_the_runs_value_adapter_included(tmp_path, s
 
     result = train_ppo(load_recipe(None, [*PPO, "lora.rank=8",  # back at the default: the adapter's rank is taken
                                           "data.task=arithmetic", "data.num_train=8",
-                                          f"ppo.init_adapter={saved / 'sft' / 'adapter'}", f"output_dir={tmp_path / 'run'}"]))
+                                          f"rollout.init_adapter={saved / 'sft' / 'adapter'}", f"output_dir={tmp_path / 'run'}"]))
     assert (result.summary["lora_rank"], result.summary["lora_targets"]) == (2, "attention")
     value = json.loads((tmp_path / "run" / "value" / "adapter_config.json").read_text())
     assert value["r"] == 2  # the fresh value adapter takes the run's (the adapter's) shape

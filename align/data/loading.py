@@ -1,7 +1,10 @@
 """Rows in, validated token ids out: loading, validation and tokenisation of training data.
 
 Sources: the built-in tasks (`data.task`), or files through `datasets` (local JSON, JSONL or
-Parquet; a hub id where a network exists). Formats recognised per row, TRL's standard ones:
+Parquet; a hub id where a network exists). One loader per data shape: `load_examples(..., "sft")`
+and `load_examples(..., "pairs")` here, and the prompts of on-policy runs in
+`align.data.prompts.load_prompt_rows`, which reads files with `read_rows` and rows with
+`convert_rows`, as these do. Formats recognised per row, TRL's standard ones:
 - SFT: `prompt`/`completion` strings; conversational `messages` (a list of {role, content}, the
   last one the assistant's reply, which is the completion); conversational `prompt`/`completion`
   (two message lists: the conversation so far, and the reply turn(s));
@@ -15,7 +18,9 @@ Parquet; a hub id where a network exists). Formats recognised per row, TRL's sta
     of the assistant turn(s);
   - conversational, implicit prompt: `chosen`/`rejected` full conversations sharing all but the
     last turn(s); the prompt is their shared leading messages (TRL's `extract_prompt`: a string
-    `prompt` beside conversational `chosen`/`rejected` is ignored, as in TRL).
+    `prompt` beside conversational `chosen`/`rejected` is ignored, as in TRL);
+  - an optional per-pair `margin` column (a finite number, 0 when absent), read into
+    `PairExample.margin` when asked for (`read_margin=True`: the reward model's `reward.margin`).
 
 Conversations are tokenised as TRL 1.16's DPOTrainer and SFTTrainer do: the prompt rendered with
 the chat template and `add_generation_prompt=True`, the prompt plus each reply rendered whole, and
@@ -41,6 +46,7 @@ template that puts no EOS in the turn gets one added, so that generation can sto
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,18 +96,20 @@ class Row:
         return f"{self.source}: {self.unit} {self.index}"
 
 
-def read_rows(path: str, bad_rows: str = "error", skipped: SkipCounter | None = None) -> list[Row]:
+def read_rows(path: str, bad_rows: str = "error", skipped: SkipCounter | None = None,
+              key: str | None = None) -> list[Row]:
     """Read a local JSON/JSONL/Parquet file, or a hub dataset id through `datasets`.
 
     JSON and JSONL are parsed row by row with the standard library rather than through Arrow:
     Arrow unifies column types across rows, which would turn one row's wrong type into a cast
     or a file-level error instead of an error naming that row and field. A JSONL line that is not
     JSON, or a row that is not an object, raises `DataError`, or with `bad_rows="skip"` is counted
-    in `skipped` and left out.
+    in `skipped` and left out. A file the system cannot open is a DataError, naming the recipe
+    `key` (e.g. "data.train_file") when one is given.
     """
     suffix = Path(path).suffix.lower()
     if suffix in {".json", ".jsonl"}:
-        return _read_json_rows(path, suffix, bad_rows, skipped if skipped is not None else SkipCounter())
+        return _read_json_rows(path, suffix, bad_rows, skipped if skipped is not None else SkipCounter(), key)
     import datasets
 
     datasets.disable_progress_bars()
@@ -115,11 +123,12 @@ def read_rows(path: str, bad_rows: str = "error", skipped: SkipCounter | None = 
     return [Row(dict(r), path, i) for i, r in enumerate(ds, start=1)]
 
 
-def _read_json_rows(path: str, suffix: str, bad_rows: str, skipped: SkipCounter) -> list[Row]:
+def _read_json_rows(path: str, suffix: str, bad_rows: str, skipped: SkipCounter, key: str | None = None) -> list[Row]:
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
-        raise DataError(f"{path}: could not be read ({err.strerror or type(err).__name__})") from None
+        named = f"{key}: " if key else ""
+        raise DataError(f"{path}: could not be read ({named}{err.strerror or type(err).__name__})") from None
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
     if suffix == ".json" and raw.lstrip()[:1] == b"[":
         # One JSON array: a syntax error anywhere leaves no row to trust, so it is file-level.
@@ -293,6 +302,7 @@ class PairExample:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    margin: float = 0.0  # the row's `margin` column when read (`read_margin=True`), else 0
 
 
 def _check_length(row: Row, n: int, max_length: int, fieldname: str) -> None:
@@ -303,8 +313,8 @@ def _check_length(row: Row, n: int, max_length: int, fieldname: str) -> None:
 def convert_rows(rows: list[Row], convert, bad_rows: str, skipped: SkipCounter) -> list:
     """`convert(row)` of each row, in order. A row that `convert` refuses with a DataError stops
     the load (`bad_rows: error`) or is left out and counted in `skipped` under the error's reason
-    (`skip`): the per-row rule of every loader (SFT and preference examples here, PPO prompts in
-    `align.trainers.ppo_rollout.load_prompt_rows`)."""
+    (`skip`): the per-row rule of every loader (SFT and preference examples here, the prompts of
+    on-policy runs in `align.data.prompts.load_prompt_rows`)."""
     out = []
     for row in rows:
         try:
@@ -393,27 +403,50 @@ def _pair_ids(row: Row, tokenizer) -> tuple[list[int], list[int], list[int]]:
     return encode_prompt(tokenizer, prompt), encode_completion(tokenizer, chosen), encode_completion(tokenizer, rejected)
 
 
-def pair_examples(rows: list[Row], tokenizer, max_length: int, bad_rows: str, skipped: SkipCounter) -> list[PairExample]:
-    """Validate and tokenise preference rows (explicit or implicit prompt, conversational or not)."""
+def _margin(row: Row) -> float:
+    """A row's `margin` column (0 when absent) as a float; anything but a finite number is a DataError."""
+    margin = row.data.get("margin", 0.0)
+    if isinstance(margin, (int, float)) and not isinstance(margin, bool):
+        try:
+            if math.isfinite(float(margin)):
+                return float(margin)
+        except OverflowError:  # an integer past float range
+            pass
+    raise _fail(row, "margin", f"must be a finite number, got {margin!r}", "wrong_type")
+
+
+def pair_examples(rows: list[Row], tokenizer, max_length: int, bad_rows: str, skipped: SkipCounter, *,
+                  read_margin: bool = False) -> list[PairExample]:
+    """Validate and tokenise preference rows (explicit or implicit prompt, conversational or not).
+
+    With `read_margin`, each row's `margin` column is read into its example (0 when absent), as
+    part of the row: a bad margin is that row's DataError (checked before the pair itself), so a
+    row skipped under `bad_rows: skip` takes its margin with it."""
 
     def convert(row: Row) -> PairExample:
+        margin = _margin(row) if read_margin else 0.0
         p, c, r = _pair_ids(row, tokenizer)
         if c == r:  # different texts can still be the same tokens (e.g. two unknown characters)
             raise _fail(row, "rejected", "has the same tokens as 'chosen' (a tie carries no preference)", "identical_pair")
         _check_length(row, len(p) + len(c), max_length, "chosen")
         _check_length(row, len(p) + len(r), max_length, "rejected")
-        return PairExample(p, c, r)
+        return PairExample(p, c, r, margin)
 
     return convert_rows(rows, convert, bad_rows, skipped)
 
 
-def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: SkipCounter) -> list:
+def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: SkipCounter, *,
+                  read_margin: bool = False) -> list:
     """Training ("train") or held-out ("eval") examples of `kind` "sft" or "pairs".
 
     `data` is the recipe's `DataSettings`. Files win over the built-in task; without an eval
     file, held-out rows come from the built-in task's eval split (or none, for file-only data).
-    A file with no rows, or whose rows were all skipped, is a `DataError`.
+    A file with no rows, or whose rows were all skipped, is a `DataError`. `read_margin` (pairs
+    only) reads a file's per-pair `margin` column into `PairExample.margin` (`pair_examples`);
+    a built-in task's pairs keep margin 0.
     """
+    if read_margin and kind != "pairs":
+        raise ValueError(f"read_margin applies to preference pairs, not {kind!r} examples")
     before = Counter(skipped.counts)
     path = data.train_file if split == "train" else data.eval_file
     if path is not None:
@@ -440,8 +473,11 @@ def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: Sk
         source = f"builtin:{data.task}/{split}"
     else:
         return []
-    convert = sft_examples if kind == "sft" else pair_examples
-    examples = convert(rows, tokenizer, data.max_length, data.bad_rows, skipped)
+    if kind == "sft":
+        examples = sft_examples(rows, tokenizer, data.max_length, data.bad_rows, skipped)
+    else:
+        examples = pair_examples(rows, tokenizer, data.max_length, data.bad_rows, skipped,
+                                 read_margin=read_margin and path is not None)
     if not examples:
         raise no_rows_error(source, skipped.counts - before)  # this source's skips, unreadable lines included
     return examples
