@@ -13,6 +13,15 @@ start from exactly the base that the README's figures were measured on. So `buil
 loads the shipped weights (checked against their sha256), and this module rebuilds them on
 demand, for anyone who wants to see the recipe work or to change it.
 
+Loading never trains: `align.models` loads the shipped weights, or a current build from the cache
+(`loadable_base_path`), or stops with an error naming `align build-base`. Building is an explicit
+step: `align build-base`, or `align train`, which calls `ensure_builtin_base` before it starts a
+run from a `builtin:` base that is not loadable yet (shipped weights missing or from an older
+recipe, and no current build in the cache). A Python caller does the same:
+
+    from align.build_base import ensure_builtin_base
+    ensure_builtin_base("builtin:tiny-arith")   # builds only when needed; returns the folder
+
 Steps, all deterministic: (1) the built-in char-level tokenizer and a random Llama-style init
 (`scratch:<size>`, seed 0); (2) full-mode training on the completions of the task world's noisy
 pretraining corpus with the toolkit's own SFT trainer, using `recipes/base_tiny_arith.yaml`'s
@@ -87,11 +96,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_base_usable(name: str) -> bool:
-    """Whether the package's shipped weights of `name` exist and come from the current recipe.
+def _shipped_base_problem(name: str) -> str | None:
+    """Why the package's shipped weights of `name` are not loadable (None: they are).
 
-    Weights of an older recipe (a developer changed BASE_RECIPES) are not used: the base is built
-    from the current recipe instead. Weights whose sha256 differs from their BUILD_INFO.json were
+    Weights of an older recipe (a developer changed BASE_RECIPES) are not loaded: the build from
+    the current recipe is (`align build-base`, or `align train` before its run). Weights whose sha256 differs from their BUILD_INFO.json were
     damaged after shipping: that is an error, not something to paper over with a rebuild."""
     import json
 
@@ -100,10 +109,10 @@ def shipped_base_usable(name: str) -> bool:
     folder = shipped_base_dir(name)
     info_file = folder / "BUILD_INFO.json"
     if not info_file.exists() or not (folder / "model.safetensors").exists():
-        return False
+        return f"are missing from {folder}"
     info = json.loads(info_file.read_text())
     if info.get("fingerprint") != base_fingerprint(name):
-        return False
+        return f"in {folder} were built by another recipe than the current one"
     actual = file_sha256(folder / "model.safetensors")
     if actual != info.get("sha256"):
         from align.config import ConfigError  # one `error:` line from the CLI, not a traceback
@@ -112,7 +121,43 @@ def shipped_base_usable(name: str) -> bool:
             f"the shipped weights of {name} in {folder} are damaged (sha256 {actual[:12]}..., expected "
             f"{str(info.get('sha256'))[:12]}...): reinstall the package, or run `align build-base` and use its folder as `model`"
         )
-    return True
+    return None
+
+
+def shipped_base_usable(name: str) -> bool:
+    """Whether the package's shipped weights of `name` exist and come from the current recipe
+    (ConfigError when they are damaged; see `_shipped_base_problem`)."""
+    return _shipped_base_problem(name) is None
+
+
+def loadable_base_path(name: str) -> str:
+    """The folder that built-in base `name` loads from, without ever training it: the shipped
+    weights when they come from the current recipe, else the cache's build from that recipe
+    (`$ALIGN_HOME/bases/<name>`). Neither there: one ConfigError line saying why, and that
+    `align build-base` builds it."""
+    from align.config import ConfigError
+    from align.models import shipped_base_dir
+
+    problem = _shipped_base_problem(name)
+    if problem is None:
+        return str(shipped_base_dir(name))
+    if is_built(name):
+        return str(builtin_base_dir(name))
+    raise ConfigError(
+        f"{name} is not built on this machine: its shipped weights {problem}, and {builtin_base_dir(name)} holds no "
+        f"build from the current recipe; run `align build-base {name}` once (`align train` does it before its run)"
+    )
+
+
+def ensure_builtin_base(name: str) -> str:
+    """The loadable folder of built-in base `name`, building it into the cache first only when
+    neither the shipped weights nor a current build are there (`align train` calls this before a
+    run starts; loading itself never builds)."""
+    if shipped_base_usable(name):
+        from align.models import shipped_base_dir
+
+        return str(shipped_base_dir(name))
+    return build_base(name)
 
 
 _QUALITY_CHECKED: dict[str, dict] = {}
@@ -233,9 +278,9 @@ def evaluate_base(path: str) -> dict[str, float]:
 @contextmanager
 def _caller_state_kept():
     """Keep the calling process's torch threads and RNG states (torch, Python, NumPy) as they
-    were. A base is built inside whatever first asks for it, often a training run that has
-    already seeded itself and set its threads; without this, that run would continue with the
-    build's thread count and RNG state, and its first run would differ from every later one."""
+    were. The quality check runs inside whatever first loads a base, often a training run that
+    has already seeded itself and set its threads; without this, that run would continue with
+    the evaluation's RNG state, and its first run would differ from every later one."""
     import random
 
     import numpy as np
@@ -284,16 +329,32 @@ def compare_with_shipped(name: str, built: str) -> str:
 
 def build_base(name: str = "builtin:tiny-arith", force: bool = False) -> str:
     """Build `name` into the cache if it is not built there from the current recipe (or `force`);
-    return its folder. The caller's torch threads and RNG states are the same afterwards (see
-    `_caller_state_kept`)."""
+    return its folder. The caller's torch thread count is the same afterwards."""
+    from align.config import ConfigError
+
     if name not in BASE_RECIPES:
-        raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BASE_RECIPES)}")
+        raise ConfigError(f"unknown built-in base {name!r}; known: {sorted(BASE_RECIPES)}")
     final = builtin_base_dir(name)
     if is_built(name) and not force:
         return str(final)
-    with _caller_state_kept():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The build's SFT run would see the launch and train as several processes.
+        raise ConfigError(f"{name} cannot be built inside a multi-process launch: run `align build-base {name}` "
+                          "once in one process, then launch")
+    import torch
+
+    # The build runs before a run in the same process (`align train`), and its recipe sets 2
+    # threads. A run with `train.threads: 0` leaves torch's thread count as it finds it, so
+    # without this the first run on a machine would run with the build's 2 threads and every
+    # later one with torch's default (other kernels, other rounding, another result). The RNG
+    # states need no keeping any more: nothing builds inside a run, and every run seeds Python,
+    # NumPy and torch (CPU and CUDA) itself (`align.trainers.common.start_run`).
+    threads = torch.get_num_threads()
+    try:
         build_into(name, final)
-        return str(final)
+    finally:
+        torch.set_num_threads(threads)
+    return str(final)
 
 
 def build_into(name: str, final: Path, overrides: list[str] = ()) -> dict:

@@ -9,6 +9,11 @@
 Multi-process: `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m align.cli
 train RECIPE.yaml`. Recipe problems are reported before any model loads, as one line naming the
 key and the file, with exit status 2.
+
+Loading a model never trains one. `align train` from a `builtin:` base that is not loadable yet
+(its shipped weights missing or from an older recipe, and no current build in `$ALIGN_HOME`)
+first builds it, as `align build-base` would, and then starts the run; a multi-process launch
+cannot build it and says to run `align build-base` first.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from align.data.loading import DataError
 
 def _train(args: argparse.Namespace) -> str:
     cfg = load_recipe(args.recipe, args.overrides)
+    if cfg.model.startswith("builtin:"):
+        # The explicit build step, before the run starts (the trainers' loading never builds).
+        from align.build_base import ensure_builtin_base
+
+        ensure_builtin_base(cfg.model)
     if cfg.method == "sft":
         from align.trainers.sft import train_sft as trainer
     elif cfg.method == "reward":

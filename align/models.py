@@ -1,14 +1,18 @@
 """Model and tokenizer loading: built-in bases, Hugging Face ids and local paths, one code path.
+Loading never trains: building a base is an explicit step (`align build-base`, or `align train`
+before its run; `align.build_base.ensure_builtin_base`).
 
 `scratch:<size>` (`tiny-arith` or `test`) is a deterministic random init of that size with the
 built-in tokenizer: what the base is pretrained from, and a fast model for tests.
 `builtin:tiny-arith` names the toolkit's own tiny Llama-style base. Its weights ship inside the
 package (`align/tasks/bases/tiny-arith/`, 2.3 MB, sha256 in its BUILD_INFO.json), so every
 machine starts from exactly the base the README's figures were measured on: rebuilding it from
-its recipe is not bit-reproducible across CPUs (see `align.build_base`). Only when the shipped
-files are missing, or were built by another recipe than the current one, is it built offline on
-first use and cached under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`). The first use
-on a machine also evaluates the base once and warns when it is outside its expected quality band
+its recipe is not bit-reproducible across CPUs (see `align.build_base`). When the shipped files
+are missing, or were built by another recipe than the current one, it loads the build from the
+current recipe under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`) if there is one, and
+otherwise stops with one error line saying to run `align build-base` (`align train` runs that
+build itself before it starts). The first load on a machine also evaluates the base once (no
+training) and warns when it is outside its expected quality band
 (`align.build_base.check_base_quality`).
 Anything else is handed to `transformers.AutoModelForCausalLM.from_pretrained`: a hub id (needs a
 network) or a local folder.
@@ -38,16 +42,17 @@ def shipped_base_dir(name: str) -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """A loadable path for `name`: the shipped built-in base, else a cached (or new) build."""
+    """A loadable path for `name`: the shipped built-in base, else a current build in the cache
+    (never a new one: a ConfigError says to run `align build-base`)."""
     if name.startswith("builtin:"):
         from align.tasks import BUILTIN_BASES
 
         if name not in BUILTIN_BASES:
             raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BUILTIN_BASES)}")
-        from align.build_base import build_base, check_base_quality, shipped_base_usable
+        from align.build_base import check_base_quality, loadable_base_path
 
-        path = str(shipped_base_dir(name)) if shipped_base_usable(name) else build_base(name)
-        check_base_quality(name, path)
+        path = loadable_base_path(name)
+        check_base_quality(name, path)  # evaluates once per machine; trains nothing
         return path
     if name.startswith("scratch:"):
         # A random init of a built-in size with the built-in tokenizer (base building, tests).

@@ -2,9 +2,11 @@
 
 `align.config.load_recipe` checks what a recipe says; `preflight` checks it against the disk. A
 trainer runs it first (`align.trainers.common.start_run`), before anything is written or loaded:
-- `model`: a known `builtin:` / `scratch:` name, a model folder with config.json and tokenizer
-  files (an adapter folder or a file is refused with what to set instead), or a valid hub id
-  (with `HF_HUB_OFFLINE=1`, one in the local cache);
+- `model`: a known `builtin:` base that is loadable without training (its shipped weights, or a
+  current build in `$ALIGN_HOME`; else the error says to run `align build-base`, which `align
+  train` does before it starts a run), a known `scratch:` size, a model folder with config.json
+  and tokenizer files (an adapter folder or a file is refused with what to set instead), or a
+  valid hub id (with `HF_HUB_OFFLINE=1`, one in the local cache);
 - `output_dir`: `resume: true` finds a checkpoint there; a fresh run does not land in another
   run's folder;
 - `dpo.init_adapter`, `ppo.init_adapter`, `ppo.reward_model` (when the run loads them): the folder
@@ -123,6 +125,12 @@ def _check_model(name: str) -> None:
 
         if name not in BUILTIN_BASES:
             raise ConfigError(f"model: unknown built-in base {name!r}; built-in bases: {sorted(BUILTIN_BASES)}")
+        from align.build_base import loadable_base_path
+
+        try:  # loading never builds: say so before the run writes anything
+            loadable_base_path(name)
+        except ConfigError as err:
+            raise ConfigError(f"model: {err}") from None
         return
     if name.startswith("scratch:"):
         from align.tasks.base_model import MODEL_SIZES

@@ -1,5 +1,6 @@
 """The shipped built-in base: its weights come from the current recipe, are loaded as they are
-(never rebuilt silently), damage is an error, and a base outside its quality band is warned about."""
+(loading never builds or trains), damage is an error, and a base outside its quality band is
+warned about (an evaluation, not a training run)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 import align.build_base as build
 import align.models as models
+import align.trainers.sft as sft
 from align.config import ConfigError
 from align.tasks import BUILTIN_BASES
 
@@ -31,10 +33,15 @@ def test_shipped_weights_match_their_sha256_and_the_current_recipe():
     assert low <= quality["accuracy_sampled_4x256"] <= high
 
 
+def _must_not_train(*args, **kwargs):
+    pytest.fail("must not build or train")
+
+
 def test_builtin_name_loads_the_shipped_folder_without_building(monkeypatch):
-    monkeypatch.setattr(build, "build_base", lambda *a, **k: pytest.fail("must not build"))
+    monkeypatch.setattr(build, "build_into", _must_not_train)
     monkeypatch.setattr(build, "check_base_quality", lambda name, path: {})
     assert models.resolve_model_path(NAME) == str(models.shipped_base_dir(NAME))
+    assert build.ensure_builtin_base(NAME) == str(models.shipped_base_dir(NAME))  # nothing to build
 
 
 def test_damaged_shipped_weights_are_an_error(tmp_path, monkeypatch):
@@ -48,15 +55,21 @@ def test_damaged_shipped_weights_are_an_error(tmp_path, monkeypatch):
         build.shipped_base_usable(NAME)
 
 
-def test_missing_shipped_weights_fall_back_to_a_build(tmp_path, monkeypatch):
+def test_missing_shipped_weights_are_not_built_on_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(models, "shipped_base_dir", lambda name: tmp_path / "nothing-here")
+    monkeypatch.setattr(build, "build_into", _must_not_train)
     assert not build.shipped_base_usable(NAME)
+    with pytest.raises(ConfigError, match="shipped weights are missing .* run `align build-base builtin:tiny-arith`"):
+        models.resolve_model_path(NAME)  # `align train` builds it first; loading only says so
 
 
 def test_a_base_outside_its_band_is_warned_about_once_per_machine(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(build, "_QUALITY_CHECKED", {})
     path = models.resolve_model_path("scratch:test")  # a random init: far outside any band
+    monkeypatch.setattr(sft, "train_sft", _must_not_train)  # the check evaluates; it never trains
+    monkeypatch.setattr(build, "build_into", _must_not_train)
     calls = []
     real = build.evaluate_base
     monkeypatch.setattr(build, "evaluate_base", lambda p: calls.append(p) or real(p))
