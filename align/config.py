@@ -53,6 +53,11 @@ class DataSettings:
     bad_rows: Literal["error", "skip"] = _f("error", "On a malformed row: stop with an error, or skip and count it.")
     num_train: int = _f(4000, "Rows drawn from a built-in task's train split.")
     num_eval: int = _f(128, "Rows / prompts drawn from the eval split.")
+    prompt_field: str = _f("prompt", "Prompt column of a prompt file (data.train_file / data.eval_file of an on-policy run).")
+    answer_field: str = _f("answer", "Answer column of a prompt file (an integer, or GSM8K-style text ending in '#### 42'); needed only by rewards that read answers (arithmetic_correctness, gold_preference).")
+    dataset_config: Optional[str] = _f(None, "Config name of a hub dataset given as data.train_file (e.g. 'main' for openai/gsm8k).")
+    eval_split: str = _f("test", "Split of a hub dataset used for evaluation prompts when data.eval_file is null.")
+    chat_template: bool = _f(False, "Render each prompt as a user turn with the tokenizer's chat template (prompt files of on-policy runs).")
 
 
 @dataclass
@@ -124,20 +129,29 @@ class DPOSettings:
 
 
 @dataclass
-class PPOSettings:
+class RolloutSettings:
+    """What every on-policy method (PPO today, the GRPO family next) needs: the policy's start,
+    sampling, the reward and the KL to the reference."""
+
     reward: str = _f("arithmetic_correctness", "Reward: a registered name, 'learned' (the reward role), or a weighted sum like '1.0*learned + 0.2*format'.")
-    reward_model: Optional[str] = _f(None, "Run directory (or adapter dir) of a trained reward model, for reward: learned.")
+    reward_model: Optional[str] = _f(None, "Run directory (or adapter dir) of a trained reward model, for a reward that names 'learned'.")
     gold_reward: Optional[str] = _f(None, "A verifiable reward logged beside a learned one.")
+    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter; lora.rank/alpha/targets are the adapter's (recipe values left at their defaults take them, others must agree).")
+    max_new_tokens: int = _f(12, "Response length limit.")
+    temperature: float = _f(1.0, "Sampling temperature (log-probs are those of the sampled distribution: logits / temperature).")
+    top_p: float = _f(1.0, "Nucleus sampling p.")
+    no_stop_penalty: Optional[float] = _f(-1.0, "Score given to responses that never stop (null: no penalty).")
+    kl_coef: float = _f(0.05, "Coefficient of the KL to the reference (PPO: the initial KL penalty in the reward).")
+    kl_estimator: Literal["k1", "k2", "k3"] = _f("k1", "Per-token KL estimator (align.losses.policy.KL_ESTIMATORS).")
+    forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
+
+
+@dataclass
+class PPOSettings:
     rollout_batch_size: int = _f(32, "Prompts sampled per PPO iteration.")
     minibatch_size: int = _f(8, "Minibatch size inside each PPO epoch.")
     ppo_epochs: int = _f(2, "Passes over each rollout batch.")
-    max_new_tokens: int = _f(12, "Response length limit.")
-    temperature: float = _f(1.0, "Sampling temperature.")
-    top_p: float = _f(1.0, "Nucleus sampling p.")
-    no_stop_penalty: Optional[float] = _f(-1.0, "Score given to responses that never stop (null: no penalty).")
-    kl_coef: float = _f(0.05, "Initial KL penalty coefficient.")
-    kl_estimator: Literal["k1", "k3"] = _f("k1", "Per-token KL estimator.")
-    adaptive_kl: bool = _f(False, "Adapt the KL coefficient towards kl_target.")
+    adaptive_kl: bool = _f(False, "Adapt rollout.kl_coef towards kl_target.")
     kl_target: float = _f(6.0, "Target KL for the adaptive controller.")
     kl_horizon: int = _f(10000, "Horizon of the adaptive KL controller.")
     whiten_rewards: bool = _f(False, "Whiten scores before GAE.")
@@ -148,13 +162,15 @@ class PPOSettings:
     value_loss_coef: float = _f(0.1, "Value loss weight.")
     value_lr: Optional[float] = _f(None, "Value LR (default: the policy LR).")
     value_init_from_reward: bool = _f(False, "Initialise the value adapter and head from the reward model.")
-    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter; lora.rank/alpha/targets are the adapter's (recipe values left at their defaults take them, others must agree).")
-    forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
-    prompt_field: str = _f("prompt", "Prompt column of a data.train_file / data.eval_file of PPO prompts.")
-    answer_field: str = _f("answer", "Answer column of a prompt file (an integer, or GSM8K-style text ending in '#### 42'); needed only by rewards that read answers (arithmetic_correctness, gold_preference).")
-    dataset_config: Optional[str] = _f(None, "Config name of a hub dataset given as data.train_file (e.g. 'main' for openai/gsm8k).")
-    eval_split: str = _f("test", "Split of a hub dataset used for evaluation prompts when data.eval_file is null.")
-    chat_template: bool = _f(False, "Render each prompt as a user turn with the tokenizer's chat template.")
+
+
+# Keys that moved, for a message that says where (an old recipe is an error, never silently ignored).
+MOVED_KEYS = {
+    **{f"ppo.{k}": f"rollout.{k}" for k in (
+        "reward", "reward_model", "gold_reward", "init_adapter", "max_new_tokens", "temperature", "top_p",
+        "no_stop_penalty", "kl_coef", "kl_estimator", "forward_batch_size")},
+    **{f"ppo.{k}": f"data.{k}" for k in ("prompt_field", "answer_field", "dataset_config", "eval_split", "chat_template")},
+}
 
 
 @dataclass
@@ -174,6 +190,7 @@ class RecipeConfig:
     sft: SFTSettings = field(default_factory=SFTSettings, metadata={"doc": "SFT settings."})
     reward: RewardSettings = field(default_factory=RewardSettings, metadata={"doc": "Reward-model settings."})
     dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"doc": "DPO settings."})
+    rollout: RolloutSettings = field(default_factory=RolloutSettings, metadata={"doc": "On-policy sampling, reward and KL (PPO and later RL methods)."})
     ppo: PPOSettings = field(default_factory=PPOSettings, metadata={"doc": "PPO settings."})
 
     # ---- derived values: computed here, once, and logged -------------------------------------
@@ -255,6 +272,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names, key=str)  # YAML keys may be numbers, booleans or null
+    moved = [k for k in unknown if f"{prefix}{k}" in MOVED_KEYS]
+    if moved:
+        old = f"{prefix}{moved[0]}"
+        raise ConfigError(f"{source}: {old} has moved to {MOVED_KEYS[old]} (write it there; the value is unchanged)")
     if unknown:
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(names))})"
@@ -337,7 +358,7 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("data.task", f"must be one of {sorted(valid)}, got {cfg.data.task!r}")
     for key in ("train_file", "eval_file"):
         path = getattr(cfg.data, key)
-        if path is not None and (_looks_local(path) or looks_like_path(path)) and not path_exists(path, f"data.{key}", source):
+        if path is not None and is_local_data(path, f"data.{key}", source) and not path_exists(path, f"data.{key}", source):
             bad(f"data.{key}", f"file not found: {path}")
     if cfg.data.num_train < 1 or cfg.data.num_eval < 1:
         bad("data.num_train/num_eval", "must be at least 1")
@@ -356,22 +377,14 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("dpo.label_smoothing", "must be in [0, 0.5)")
         if cfg.dpo.label_smoothing and cfg.dpo.loss_type not in ("sigmoid", "simpo"):
             bad("dpo.label_smoothing", f"applies to the sigmoid loss only, not {cfg.dpo.loss_type!r}")
+    if cfg.method in ON_POLICY_METHODS:
+        _validate_rollout(cfg.rollout, bad)
     if cfg.method == "ppo":
         p = cfg.ppo
         if p.rollout_batch_size < 1 or p.minibatch_size < 1 or p.ppo_epochs < 1:
             bad("ppo", "rollout_batch_size, minibatch_size and ppo_epochs must be at least 1")
         if p.rollout_batch_size % p.minibatch_size:
             bad("ppo.rollout_batch_size", "must be divisible by ppo.minibatch_size")
-        if p.temperature <= 0:
-            bad("ppo.temperature", "must be positive")
-        if not 0 < p.top_p <= 1:
-            bad("ppo.top_p", "must be in (0, 1]")
-        if p.kl_coef < 0:
-            bad("ppo.kl_coef", "must not be negative")
-        if "learned" in p.reward and not p.reward_model:
-            bad("ppo.reward_model", "is required when ppo.reward is 'learned'")
-        if p.max_new_tokens < 1 or p.forward_batch_size < 1:
-            bad("ppo", "max_new_tokens and forward_batch_size must be at least 1")
         if not (0 <= p.gamma <= 1 and 0 <= p.lam <= 1):
             bad("ppo.gamma/lam", "must be in [0, 1]")
         if p.clip_range <= 0 or p.clip_range_value <= 0:
@@ -380,27 +393,45 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("ppo.value_lr", "must not be negative")
         if p.adaptive_kl and (p.kl_target <= 0 or p.kl_horizon < 1):
             bad("ppo.kl_target/kl_horizon", "must be positive for the adaptive KL controller")
-        if p.value_init_from_reward and "learned" not in p.reward:
-            bad("ppo.value_init_from_reward", "needs a learned reward (ppo.reward: learned) to copy from")
-        from reward_models.base import LEARNED, parse_reward_spec
+        if p.value_init_from_reward and not reward_spec(cfg).uses_learned:
+            bad("ppo.value_init_from_reward", "needs a learned reward (rollout.reward: learned) to copy from")
 
+
+# Methods that sample from the policy and read the `rollout:` section.
+ON_POLICY_METHODS = ("ppo",)
+
+
+def reward_spec(cfg: RecipeConfig):
+    """`rollout.reward`, parsed (`reward_models.base.RewardSpec`); valid once the recipe loaded."""
+    from reward_models.base import parse_reward_spec
+
+    return parse_reward_spec(cfg.rollout.reward)
+
+
+def _validate_rollout(r: RolloutSettings, bad) -> None:
+    from reward_models.base import LEARNED, parse_reward_spec, reward_factory
+
+    if r.temperature <= 0:
+        bad("rollout.temperature", "must be positive")
+    if not 0 < r.top_p <= 1:
+        bad("rollout.top_p", "must be in (0, 1]")
+    if r.kl_coef < 0:
+        bad("rollout.kl_coef", "must not be negative")
+    if r.max_new_tokens < 1 or r.forward_batch_size < 1:
+        bad("rollout", "max_new_tokens and forward_batch_size must be at least 1")
+    try:
+        spec = parse_reward_spec(r.reward)
+    except ValueError as err:
+        bad("rollout.reward", str(err))
+    if spec.uses_learned and not r.reward_model:
+        bad("rollout.reward_model", "is required when rollout.reward names 'learned'")
+    if r.gold_reward is not None:  # one registered verifiable reward, built by name
+        if r.gold_reward == LEARNED:
+            bad("rollout.gold_reward", "must be a verifiable reward (the learned one is rollout.reward)")
         try:
-            parse_reward_spec(p.reward)
+            reward_factory(r.gold_reward)
         except ValueError as err:
-            bad("ppo.reward", str(err))
-        if p.gold_reward is not None:  # one registered verifiable reward, built by name
-            from reward_models.base import _lookup
-
-            if p.gold_reward == LEARNED:
-                bad("ppo.gold_reward", "must be a verifiable reward (the learned one is ppo.reward)")
-            try:
-                _lookup(p.gold_reward)
-            except ValueError as err:
-                bad("ppo.gold_reward", str(err))
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or os.path.splitext(path)[1] in {".json", ".jsonl", ".parquet"}
+            bad("rollout.gold_reward", str(err))
 
 
 def looks_like_path(value: str) -> bool:
@@ -422,9 +453,20 @@ def path_exists(path: str | os.PathLike, key: str, source: str | None = None) ->
         raise ConfigError(f"{where}{key}: {shown} is not a usable path ({err.strerror or type(err).__name__})") from None
 
 
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def is_local_data(path: str, key: str, source: str | None = None) -> bool:
+    """Whether a `data.*_file` value names a local file rather than a hub dataset id: it exists,
+    has a data file's suffix, or is written as a path (`looks_like_path`, or starts with `.`).
+    The one rule every loader and check uses; a value the system cannot look up is a ConfigError."""
+    return (path.startswith(".") or os.path.splitext(path)[1] in DATA_SUFFIXES or looks_like_path(path)
+            or path_exists(path, key, source))
+
+
 # Every recipe key that names a local path (or may: `model` and data files may be hub ids).
-PATH_KEYS = ("model", "output_dir", "data.train_file", "data.eval_file", "dpo.init_adapter", "ppo.init_adapter",
-             "ppo.reward_model")
+PATH_KEYS = ("model", "output_dir", "data.train_file", "data.eval_file", "dpo.init_adapter", "rollout.init_adapter",
+             "rollout.reward_model")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

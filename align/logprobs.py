@@ -1,27 +1,33 @@
-"""Token and sequence log-probabilities of causal language models.
+"""Token log-probabilities of causal language models: the ONE place they are computed.
 
 What it does:
-- `gather_logprobs(logits_..V, labels_...)`: log p(label) under softmax(logits), computed as
-  `logit[label] - logsumexp(logits)` one batch row at a time, so no full (B, T, V) log-softmax
-  copy is ever materialised (the peak extra memory is one row's (T, V) temporary);
-- `sequence_logprobs(logits_BTV, labels_BT, mask_BT)`: the same for a causal LM, with the shift
-  done inside (logits at position t-1 predict the token at t), result aligned with `labels_BT`;
-- `position_ids_from_mask`: position ids that make left-padded and right-padded batches equal;
-- `token_logprobs` / `completion_logprobs(model, ...)`: run a model and reduce to per-token or
-  per-sequence log-probs of the completion tokens.
+- `token_logprobs(model, input_ids_BT, attention_mask_BT, target_mask_BT, temperature, with_entropy)`:
+  per-token log-probs (and, when asked, entropies) of the target tokens. Every trainer reaches it,
+  through `SharedBase.logprobs(role, ...)` (PPO and DPO, the reward head's log-prob readout) or
+  directly (SFT evaluation). Only the positions that predict a target token go through the LM
+  head, from the final hidden states: prompt and padding positions never build a row of logits.
+  Models whose head changes logits after the projection (Gemma-2's soft-capping, Cohere's
+  `logit_scale`, ...: `LOGIT_TRANSFORMS`) take the model's own full forward instead, so the
+  log-probs trained are those of the distribution that generation samples from;
+- `gather_logprobs(logits_..V, labels_...)`: log p(label) = `logit[label] - logsumexp(logits)`,
+  one batch row at a time for 3-D input, so no full (B, T, V) log-softmax copy is made;
+- `reduce_logprobs` / `sum_and_mean_logprobs` / `sequence_logprob_sums`: per-sequence reductions;
+- `position_ids_from_mask`, `last_token_index`: padding-aware positions and last tokens.
 
 Alignment convention (used across the toolkit): every (B, T) tensor is aligned with `input_ids_BT`.
-`completion_mask_BT[b, t] = 1` means token t of row b is a completion token whose log-prob counts;
-`token_logps_BT[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`; position 0 has no prediction
-and is always 0, as is every masked position.
+`target_mask_BT[b, t] = 1` means token t of row b is a target (completion) token whose log-prob
+counts; `token_logps_BT[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`; the first real token
+of a row has no prediction and is always 0, as is every non-target or padding position.
 
-What it leaves out: which tokens are completion tokens (data collation builds the masks), and
+What it leaves out: which tokens are targets (data collation and rollouts build the masks),
 running a model as a particular role (`align.shared_base`).
 
 Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_logprobs.py`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -51,29 +57,6 @@ def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([_one(logits_row, labels_row) for logits_row, labels_row in zip(logits, labels)])
 
 
-def sequence_logprobs(
-    logits_BTV: torch.Tensor, labels_BT: torch.Tensor, mask_BT: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-token log-probs of `labels_BT` under a causal LM's `logits_BTV` (same sequence).
-
-    `logits_BTV[:, t]` is the model output at position t, so it predicts `labels_BT[:, t + 1]`.
-    The result is aligned with `labels_BT`: entry t is log p(labels[t] | labels[:t]), entry 0 is
-    0 (nothing predicts the first token), and positions where `mask_BT` is 0 are 0.
-    """
-    if logits_BTV.shape[:2] != labels_BT.shape:
-        raise ValueError(f"logits {tuple(logits_BTV.shape)} and labels {tuple(labels_BT.shape)} do not match")
-    # Shift: logits at t-1 score the token at t. Both slices are views, not copies.
-    shifted_logps_BT1 = gather_logprobs(logits_BTV[:, :-1], labels_BT[:, 1:])  # (B, T-1)
-    token_logps_BT = torch.nn.functional.pad(shifted_logps_BT1, (1, 0), value=0.0)  # (B, T)
-    if mask_BT is not None:
-        if mask_BT.shape != labels_BT.shape:
-            raise ValueError(f"mask {tuple(mask_BT.shape)} and labels {tuple(labels_BT.shape)} do not match")
-        mask_BT = mask_BT.clone()
-        mask_BT[:, 0] = 0
-        token_logps_BT = token_logps_BT * mask_BT.to(token_logps_BT.dtype)
-    return token_logps_BT
-
-
 def position_ids_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row sees the same positions as a
     right-padded one (the formula of transformers' generation: cumsum - 1, padding set to 1)."""
@@ -89,28 +72,6 @@ def last_token_index(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     if (index_B < 0).any():
         raise ValueError("a row of attention_mask has no real token")
     return index_B
-
-
-def causal_lm_logits(model: nn.Module, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-    """Run a transformers causal LM with padding-aware position ids; returns logits (B, T, V)."""
-    outputs = model(
-        input_ids=input_ids_BT,
-        attention_mask=attention_mask_BT,
-        position_ids=position_ids_from_mask(attention_mask_BT),
-        use_cache=False,
-    )
-    return outputs.logits
-
-
-def token_logprobs(
-    model: nn.Module,
-    input_ids_BT: torch.Tensor,
-    attention_mask_BT: torch.Tensor,
-    completion_mask_BT: torch.Tensor,
-) -> torch.Tensor:
-    """Per-token log-probs (B, T) of the completion tokens under `model`, zeros elsewhere."""
-    logits_BTV = causal_lm_logits(model, input_ids_BT, attention_mask_BT)
-    return sequence_logprobs(logits_BTV, input_ids_BT, completion_mask_BT * attention_mask_BT)
 
 
 def reduce_logprobs(token_logps_BT: torch.Tensor, completion_mask_BT: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -130,14 +91,92 @@ def sum_and_mean_logprobs(token_logps_BT: torch.Tensor, completion_mask_BT: torc
                         reduce_logprobs(token_logps_BT, completion_mask_BT, average=True)], dim=-1)
 
 
-def completion_logprobs(
+def sequence_logprob_sums(token_logps_BT: torch.Tensor, target_mask_BT: torch.Tensor) -> torch.Tensor:
+    """Sum of each row's target log-probs, (B, T) -> (B,), added one token at a time in order.
+
+    The same value as `reduce_logprobs` up to float rounding; it is DPO's sum, kept in its own
+    summation order so that the refactor onto one log-prob path changed no DPO figure (a vectorised
+    sum rounds differently). Unify the two when the DPO figures are next re-measured."""
+    target_BT = target_mask_BT.bool().clone()
+    target_BT[:, 0] = False
+    rows_N = target_BT.nonzero()[:, 0]
+    return token_logps_BT.new_zeros(token_logps_BT.shape[0]).index_add(0, rows_N, token_logps_BT[target_BT])
+
+
+# Config fields of heads that change logits after the projection; such models take the full forward.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a peft wrapper (itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def transforms_logits(model: nn.Module) -> bool:
+    """Whether `model`'s logits are more than `lm_head(final hidden state)` (scaled, soft-capped),
+    or it has no separate backbone to read hidden states from."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    backbone = getattr(lm, "base_model", lm)
+    return backbone is lm or any(getattr(config, k, None) is not None for k in LOGIT_TRANSFORMS)
+
+
+def final_hidden_states(model: nn.Module, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (B, T, H) of a causal LM (after the final norm; no LM head computed),
+    with padding-aware position ids."""
+    outputs = _causal_lm(model).base_model(
+        input_ids=input_ids_BT, attention_mask=attention_mask_BT,
+        position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False,
+    )
+    return outputs.last_hidden_state
+
+
+class TokenLogProbs(NamedTuple):
+    """`logps_BT`: log p of each target token (0 elsewhere); `entropy_BT`: entropy in nats of the
+    predicted distribution at each target token (0 elsewhere; None unless asked; no gradient)."""
+
+    logps_BT: torch.Tensor
+    entropy_BT: torch.Tensor | None = None
+
+
+def token_logprobs(
     model: nn.Module,
     input_ids_BT: torch.Tensor,
     attention_mask_BT: torch.Tensor,
-    completion_mask_BT: torch.Tensor,
-    average: bool = False,
-) -> torch.Tensor:
-    """log p(completion | prompt) per sequence (B,): the sum over completion tokens, or the mean
-    per completion token when `average` (length-normalised, as SimPO/IPO-style losses use)."""
-    token_logps_BT = token_logprobs(model, input_ids_BT, attention_mask_BT, completion_mask_BT)
-    return reduce_logprobs(token_logps_BT, completion_mask_BT * attention_mask_BT, average=average)
+    target_mask_BT: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    hidden_BTH: torch.Tensor | None = None,
+) -> TokenLogProbs:
+    """Per-token log-probs of the target tokens under `model` (module docstring).
+
+    The distribution is softmax(logits / `temperature`): the one a rollout sampled from at that
+    temperature (TRL and OpenRLHF score rollouts the same way). `hidden_BTH`: the final hidden
+    states when the caller already has them (a reward head's forward), so no second forward runs.
+    Gradients flow into the log-probs (not the entropies) when the caller's grad mode allows."""
+    from align.losses.policy import entropy_from_logits
+
+    # The hidden state / logits at t predict token t + 1, so token t + 1 counts when it is a real
+    # target token AND position t is real (the first real token of a left-padded row has no prediction).
+    target_BT1 = (target_mask_BT[:, 1:] * attention_mask_BT[:, 1:] * attention_mask_BT[:, :-1]).bool()
+    labels_N = input_ids_BT[:, 1:][target_BT1]
+    if transforms_logits(model):
+        logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
+                           position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).logits
+        logits_NV = logits_BTV[:, :-1][target_BT1]
+    else:
+        if hidden_BTH is None:
+            hidden_BTH = final_hidden_states(model, input_ids_BT, attention_mask_BT)
+        logits_NV = _causal_lm(model).get_output_embeddings()(hidden_BTH[:, :-1][target_BT1])
+    if temperature != 1.0:
+        logits_NV = logits_NV.float() / temperature
+    token_logps_N = gather_logprobs(logits_NV, labels_N)  # log p = z_label - logsumexp(z)
+
+    def scatter(values_N: torch.Tensor) -> torch.Tensor:  # (N,) -> (B, T), 0 off target, 0 at t = 0
+        return torch.nn.functional.pad(values_N.new_zeros(target_BT1.shape).masked_scatter(target_BT1, values_N), (1, 0))
+
+    entropy_BT = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy_BT = scatter(entropy_from_logits(logits_NV.detach()))
+    return TokenLogProbs(scatter(token_logps_N), entropy_BT)

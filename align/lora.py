@@ -65,18 +65,25 @@ def resolve_target_modules(model: nn.Module, targets: str) -> list[str]:
     return names
 
 
-def peft_lora_config(model: nn.Module, rank: int, alpha: float, targets: str, dropout: float = 0.0):
-    """A `peft.LoraConfig` with explicit targets, alpha/r scaling and B initialised to zero."""
+def peft_lora_config(model: nn.Module, lora):
+    """The `peft.LoraConfig` of a recipe's `lora:` section (`align.config.LoraSettings`): explicit
+    targets, alpha/r scaling, B initialised to zero. The one route every trainer takes (SFT's
+    `get_peft_model` and `SharedBase`'s roles). Build it from the unwrapped model: once peft has
+    wrapped it, its lora_A/lora_B layers are linear layers under attention/MLP too."""
     from peft import LoraConfig
 
+    target_modules = resolve_target_modules(model, lora.targets)
+    modules = dict(model.named_modules())
     return LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=resolve_target_modules(model, targets),
+        r=int(lora.rank),
+        lora_alpha=float(lora.alpha),
+        lora_dropout=float(lora.dropout),
+        target_modules=target_modules,
         init_lora_weights=True,  # A ~ Kaiming-uniform, B = 0: the adapter starts as the identity
         use_rslora=False,  # 1/r scaling (alpha / r), the setting the LR findings were measured at
         bias="none",
+        # GPT-2's Conv1D stores weights transposed
+        fan_in_fan_out=any(type(modules[name]).__name__ == "Conv1D" for name in target_modules),
     )
 
 

@@ -9,7 +9,7 @@ trainer runs it first (`align.trainers.common.start_run`), before anything is wr
   valid hub id (with `HF_HUB_OFFLINE=1`, one in the local cache);
 - `output_dir`: `resume: true` finds a checkpoint there; a fresh run does not land in another
   run's folder;
-- `dpo.init_adapter`, `ppo.init_adapter`, `ppo.reward_model` (when the run loads them): the folder
+- `dpo.init_adapter`, `rollout.init_adapter`, `rollout.reward_model` (when the run loads them): the folder
   exists, holds a save of the recipe's mode with the files that mode needs, and fits the recipe's
   model (shapes of the saved LoRA, full weights and scalar head, read from the safetensors headers,
   against the recipe's model built on the meta device);
@@ -34,7 +34,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from align.config import ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists
+from align.config import (
+    ON_POLICY_METHODS, ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists, reward_spec,
+)
 
 _TRUE = {"1", "on", "yes", "true"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -81,13 +83,11 @@ def _saved_roles(cfg: RecipeConfig) -> list[tuple[str, str]]:
     keys = []
     if cfg.method == "dpo" and cfg.dpo.init_adapter is not None:
         keys.append(("dpo.init_adapter", "policy"))
-    if cfg.method == "ppo":
-        from reward_models.base import LEARNED, parse_reward_spec
-
-        if cfg.ppo.init_adapter is not None:
-            keys.append(("ppo.init_adapter", "policy"))
-        if cfg.ppo.reward_model is not None and any(name == LEARNED for _, name in parse_reward_spec(cfg.ppo.reward)):
-            keys.append(("ppo.reward_model", "reward"))
+    if cfg.method in ON_POLICY_METHODS:
+        if cfg.rollout.init_adapter is not None:
+            keys.append(("rollout.init_adapter", "policy"))
+        if cfg.rollout.reward_model is not None and reward_spec(cfg).uses_learned:
+            keys.append(("rollout.reward_model", "reward"))
     return keys
 
 
@@ -146,7 +146,7 @@ def _check_model(name: str) -> None:
             if (path / "adapter_config.json").is_file():
                 base = _read_json(path / "adapter_config.json", "model").get("base_model_name_or_path")
                 raise ConfigError(f"model: {name} is a LoRA adapter, not a model: set model to its base ({base}) "
-                                  "and dpo.init_adapter / ppo.init_adapter to this folder")
+                                  "and dpo.init_adapter / rollout.init_adapter to this folder")
             raise ConfigError(f"model: {name} has no config.json: not a transformers model folder")
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise ConfigError(f"model: {name} has no tokenizer files ({' / '.join(_TOKENIZER_FILES[:2])}): "
@@ -283,7 +283,7 @@ def _head_misfit(folder: Path, model: Any, key: str) -> str | None:
 
 
 def _check_saved_role(cfg: RecipeConfig, key: str, role: str, recipe_model) -> None:
-    """A saved policy start (`*.init_adapter`) or reward model (`ppo.reward_model`): the folder
+    """A saved policy start (`*.init_adapter`) or reward model (`rollout.reward_model`): the folder
     exists, holds a save of the recipe's mode, and fits the recipe's model."""
     path = Path(_get(cfg, key))
     if not path_exists(path, key):

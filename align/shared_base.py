@@ -11,8 +11,8 @@ What it does:
     value      trainable LoRA adapter + trainable scalar head (PPO critic), optionally started
                from the reward adapter and head
 - runs the model "as" a role: `with base.role("policy") as model: ...`, or the explicit methods
-  `logits`, `token_logprobs`, `completion_logprobs`, `hidden_states`, `scores`, `values`,
-  `generate`;
+  `logprobs` (per-token log-probs and entropies: `align.logprobs.token_logprobs`, the one log-prob
+  path), `hidden_states`, `scores`, `values`, `generate`;
 - `mode="full"` gives every role its own full copy of the model (the FullFT baseline) behind the
   same API;
 - saves and loads roles in Hugging Face formats: a peft adapter directory that plain
@@ -58,6 +58,7 @@ Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_shared_base.py`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -70,15 +71,10 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from align.logprobs import (
-    causal_lm_logits,
-    last_token_index,
-    position_ids_from_mask,
-    reduce_logprobs,
-    sequence_logprobs,
-    sum_and_mean_logprobs,
-)
+from align.config import LoraSettings
+from align.logprobs import TokenLogProbs, final_hidden_states, last_token_index, sum_and_mean_logprobs, token_logprobs
 from align.lora import peft_lora_config
+from align.modes import eval_mode
 from align.role_helpers import (
     HEAD_FILE, CheckpointContextFn, check_readout, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
     save_head,
@@ -87,7 +83,6 @@ from align.role_helpers import (
 ROLES = ("policy", "reference", "reward", "value")
 MODES = ("lora", "full")
 ROLE_FILE = "align_role.json"
-DEFAULT_LORA = {"rank": 8, "alpha": 32.0, "targets": "all", "dropout": 0.0}
 # Whether a role is trained when it is added without saying so.
 DEFAULT_TRAINABLE = {"policy": True, "reference": False, "reward": False, "value": True}
 
@@ -105,20 +100,20 @@ class _Role:
     source: str | None = None  # the directory it was loaded from, if any
 
 
-def _lora_settings(lora: Any) -> dict[str, Any]:
-    """Accept None, a dict, or an object with rank/alpha/targets/dropout (config.LoraSettings)."""
-    settings = dict(DEFAULT_LORA)
+def _lora_settings(lora: Any) -> LoraSettings:
+    """None (the recipe defaults, `align.config.LoraSettings`: the one source of LoRA defaults),
+    a `LoraSettings`, or a dict of some of its fields."""
     if lora is None:
-        return settings
+        return LoraSettings()
+    if isinstance(lora, LoraSettings):
+        return lora
     if isinstance(lora, Mapping):
-        unknown = set(lora) - set(DEFAULT_LORA)
+        known = {f.name for f in dataclasses.fields(LoraSettings)}
+        unknown = set(lora) - known
         if unknown:
-            raise ValueError(f"unknown lora settings {sorted(unknown)}; known: {sorted(DEFAULT_LORA)}")
-        settings.update(lora)
-    else:
-        for key in DEFAULT_LORA:
-            settings[key] = getattr(lora, key, settings[key])
-    return settings
+            raise ValueError(f"unknown lora settings {sorted(unknown)}; known: {sorted(known)}")
+        return LoraSettings(**lora)
+    raise TypeError(f"lora must be None, a dict or align.config.LoraSettings, got {type(lora).__name__}")
 
 
 class SharedBase:
@@ -141,16 +136,7 @@ class SharedBase:
         if mode == "lora":
             # Built once, from the unwrapped model: once peft has wrapped it, the lora_A/lora_B
             # layers are linear layers under attention/MLP too and would match the presets.
-            self._lora_config = peft_lora_config(
-                model,
-                rank=int(self.lora["rank"]),
-                alpha=float(self.lora["alpha"]),
-                targets=str(self.lora["targets"]),
-                dropout=float(self.lora["dropout"]),
-            )
-            targets = set(self._lora_config.target_modules)
-            if any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in targets):
-                self._lora_config.fan_in_fan_out = True  # GPT-2 Conv1D stores weights transposed
+            self._lora_config = peft_lora_config(model, self.lora)
 
     @classmethod
     def from_pretrained(cls, name: str, mode: str = "lora", lora: Any = None, **kwargs: Any) -> "SharedBase":
@@ -406,7 +392,6 @@ class SharedBase:
         entry = self._get(role)
         model = self.role_model(role)
         saved_layers = [(layer, layer._active_adapter, layer._disable_adapters) for layer in self._tuner_layers]
-        saved_modes = None
         try:
             if entry.model is None:
                 for layer in self._tuner_layers:
@@ -417,19 +402,12 @@ class SharedBase:
                     else:
                         layer._active_adapter = [entry.adapter]
                         layer._disable_adapters = False
-            if not entry.trainable:
-                modules = list(model.modules()) + (list(entry.head.modules()) if entry.head is not None else [])
-                saved_modes = [(m, m.training) for m in modules]
-                for module in modules:
-                    module.training = False
-            yield model
+            with eval_mode(model, entry.head) if not entry.trainable else nullcontext():
+                yield model
         finally:
             for layer, active, disabled in saved_layers:
                 layer._active_adapter = active
                 layer._disable_adapters = disabled
-            if saved_modes is not None:
-                for module, training in saved_modes:
-                    module.training = training
 
     def enable_activation_checkpointing(self, every_n_layers: int = 1) -> None:
         """Turn on activation (gradient) checkpointing for every model, role switching included.
@@ -452,45 +430,18 @@ class SharedBase:
     def _grad_context(self, role: str):
         return nullcontext() if self._get(role).trainable else torch.no_grad()
 
-    def logits(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) of `role`. Frozen roles run under no_grad."""
+    def logprobs(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
+                 target_mask_BT: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False) -> TokenLogProbs:
+        """Per-token log-probs (B, T) of the target tokens under `role` (and entropies when asked),
+        at `temperature`: `align.logprobs.token_logprobs`, the toolkit's one log-prob path, run
+        as `role`. Frozen roles run under no_grad."""
         with self._grad_context(role), self.role(role) as model:
-            return causal_lm_logits(model, input_ids_BT, attention_mask_BT)
-
-    def token_logprobs(
-        self,
-        role: str,
-        input_ids_BT: torch.Tensor,
-        attention_mask_BT: torch.Tensor,
-        completion_mask_BT: torch.Tensor,
-    ) -> torch.Tensor:
-        """log p(token t | tokens < t) under `role`, (B, T), zero outside the completion mask
-        (conventions of `align.logprobs`)."""
-        logits_BTV = self.logits(role, input_ids_BT, attention_mask_BT)
-        return sequence_logprobs(logits_BTV, input_ids_BT, completion_mask_BT * attention_mask_BT)
-
-    def completion_logprobs(
-        self,
-        role: str,
-        input_ids_BT: torch.Tensor,
-        attention_mask_BT: torch.Tensor,
-        completion_mask_BT: torch.Tensor,
-        average: bool = False,
-    ) -> torch.Tensor:
-        """Sum (or mean, `average`) of completion-token log-probs under `role`, shape (B,)."""
-        token_logps_BT = self.token_logprobs(role, input_ids_BT, attention_mask_BT, completion_mask_BT)
-        return reduce_logprobs(token_logps_BT, completion_mask_BT * attention_mask_BT, average=average)
+            return token_logprobs(model, input_ids_BT, attention_mask_BT, target_mask_BT, temperature, with_entropy)
 
     def hidden_states(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, H) of `role` (after the final norm; no LM head computed)."""
         with self._grad_context(role), self.role(role) as model:
-            outputs = model.base_model(
-                input_ids=input_ids_BT,
-                attention_mask=attention_mask_BT,
-                position_ids=position_ids_from_mask(attention_mask_BT),
-                use_cache=False,
-            )
-            return outputs.last_hidden_state
+            return final_hidden_states(model, input_ids_BT, attention_mask_BT)
 
     def scores(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
                completion_mask_BT: torch.Tensor | None = None) -> torch.Tensor:
@@ -505,10 +456,11 @@ class SharedBase:
         last_BH = hidden_BTH[torch.arange(hidden_BTH.shape[0], device=hidden_BTH.device), index_B]
         with self._grad_context(role):
             features_B2 = None
-            if head.uses_logprobs:
-                lm_head = self.role_model(role).get_output_embeddings()
+            if head.uses_logprobs:  # from the same forward's hidden states (the one log-prob path)
                 mask_BT = completion_mask_BT * attention_mask_BT
-                features_B2 = sum_and_mean_logprobs(sequence_logprobs(lm_head(hidden_BTH), input_ids_BT, mask_BT), mask_BT)
+                with self.role(role) as model:
+                    token_logps_BT = token_logprobs(model, input_ids_BT, attention_mask_BT, mask_BT, hidden_BTH=hidden_BTH).logps_BT
+                features_B2 = sum_and_mean_logprobs(token_logps_BT, mask_BT)
             return head.score(last_BH, features_B2)
 
     def values(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
@@ -531,14 +483,8 @@ class SharedBase:
         under no_grad and in eval mode (dropout off); modes are restored afterwards."""
         from align.rollout import generate as rollout_generate
 
-        with torch.no_grad(), self.role(role) as model:
-            modes = [(m, m.training) for m in model.modules()]
-            model.eval()
-            try:
-                return rollout_generate(model, self.tokenizer, prompts, **kwargs)
-            finally:
-                for module, training in modes:
-                    module.training = training
+        with torch.no_grad(), self.role(role) as model, eval_mode(model):
+            return rollout_generate(model, self.tokenizer, prompts, **kwargs)
 
     # ------------------------------------------------------------------ parameters
 

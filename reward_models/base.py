@@ -16,8 +16,9 @@ What it does:
   arguments), `build_reward(spec)` builds one from a recipe's spec: a name (`"arithmetic_correctness"`),
   a dict (`{"name": "length_penalty", "per_char": 0.01}`), or a weighted sum
   (`{"name": "weighted_sum", "terms": [[1.0, "arithmetic_correctness"], [0.1, "format"]]}`);
-- `parse_reward_spec("1.0*learned + 0.2*format")`: the terms of a recipe's `ppo.reward` string,
-  registered names and `learned` (the learned reward role, which the PPO trainer supplies).
+- `parse_reward_spec("1.0*learned + 0.2*format") -> RewardSpec`: a recipe's `rollout.reward`
+  string, parsed once: its terms, whether it uses the learned reward role, which terms read
+  answers, and `build(shared_base)`, the reward function (one term, or a `weighted_sum`).
 
 What it leaves out: the rules themselves (`reward_models.verifiable`) and learned reward models
 (`reward_models.learned`, registered under their own name; `build_reward` imports that module
@@ -120,17 +121,57 @@ LEARNED = "learned"  # the learned reward role in a reward string (reward_models
 _TERM = re.compile(r"^\s*(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
 
 
-def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
-    """'arithmetic_correctness' -> [(1.0, name)]; '1.0*learned + 0.2*format' -> two terms.
+def reward_factory(name: str) -> Callable[..., RewardFunction]:
+    """The registered factory of reward `name` (ValueError naming the registered ones)."""
+    return _lookup(name)
 
-    Names other than 'learned' must be registered rewards (ValueError otherwise)."""
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A recipe's reward string, parsed: `terms` = ((weight, registered name), ...)."""
+
+    text: str
+    terms: tuple[tuple[float, str], ...]
+
+    @property
+    def uses_learned(self) -> bool:
+        """Whether a term is the learned reward role (which needs `rollout.reward_model`)."""
+        return any(name == LEARNED for _, name in self.terms)
+
+    def answer_readers(self, key: str) -> list[str]:
+        """The terms that read each prompt's answer (`needs_answer`), named for an error message:
+        `["rollout.reward 'arithmetic_correctness'"]`, or `"... term 'x'"` inside a weighted sum."""
+        single = len(self.terms) == 1 and self.text.strip() == self.terms[0][1]
+        return [f"{key} {name!r}" if single else f"{key} term {name!r}"
+                for _, name in self.terms if reward_needs_answer(_lookup(name))]
+
+    def build(self, shared_base: Any = None) -> RewardFunction:
+        """The reward function: one term with weight 1 is that reward itself, otherwise a
+        `weighted_sum`. A `learned` term is built on `shared_base`, which must already hold the
+        frozen reward role (`reward_models.learned.load_learned_reward`)."""
+        def term(name: str) -> RewardFunction:
+            if name == LEARNED:
+                if shared_base is None:
+                    raise ValueError("a learned reward term needs the shared base that holds the reward role")
+                return build_reward({"name": LEARNED, "shared_base": shared_base})
+            return build_reward(name)
+
+        built = [(weight, term(name)) for weight, name in self.terms]
+        if len(built) == 1 and built[0][0] == 1.0:
+            return built[0][1]
+        return build_reward({"name": "weighted_sum", "terms": built})
+
+
+def parse_reward_spec(spec: str) -> RewardSpec:
+    """'arithmetic_correctness' -> one term; '1.0*learned + 0.2*format' -> two terms.
+
+    Every name must be a registered reward (`learned` is one); ValueError otherwise."""
     terms = []
     for part in spec.split("+"):
         match = _TERM.match(part)
         if match is None:
             raise ValueError(f"cannot read reward term {part.strip()!r}; write 'name' or 'weight*name'")
         weight, name = float(match.group(1)) if match.group(1) else 1.0, match.group(2)
-        if name != LEARNED:
-            _lookup(name)  # raises ValueError naming the registered rewards
+        _lookup(name)  # raises ValueError naming the registered rewards
         terms.append((weight, name))
-    return terms
+    return RewardSpec(spec, tuple(terms))

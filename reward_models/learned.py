@@ -12,7 +12,7 @@ What it does:
 - `load_learned_reward(path, shared_base)`: adds the frozen `reward` role to `shared_base` from a
   reward-model run directory (`align train recipes/rm_lora.yaml` writes `RUN/reward/`) or from the
   saved role directory itself, and returns a `LearnedReward` on it. This is what PPO uses for
-  `ppo.reward: learned` with `ppo.reward_model: RUN`.
+  `rollout.reward: learned` with `rollout.reward_model: RUN`.
 - registered as `learned`: `build_reward({"name": "learned", "shared_base": base})`.
 
 What it leaves out: training (`align.trainers.reward`), reward normalisation/whitening (PPO's

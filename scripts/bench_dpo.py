@@ -109,10 +109,11 @@ def run_trl(steps: int, out_dir: str) -> list[float]:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    from align.config import LoraSettings
     from align.lora import peft_lora_config
 
     model, tokenizer = build()
-    peft_config = peft_lora_config(model, LORA["rank"], LORA["alpha"], LORA["targets"], LORA["dropout"])
+    peft_config = peft_lora_config(model, LoraSettings(**LORA))
     times: list[float] = []
 
     class StepTimer(TrainerCallback):

@@ -72,8 +72,6 @@ def run_step(base, batch_size: int, seq: int, response: int):
     """One PPO-shaped update on random tokens; returns (losses, the optimizer)."""
     import torch
 
-    from align.logprobs import sequence_logprobs
-
     vocab = base.model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
     ids_BT = torch.randint(4, vocab, (batch_size, seq), generator=g)
@@ -84,12 +82,12 @@ def run_step(base, batch_size: int, seq: int, response: int):
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
     # policy forward and backward (a stand-in for the clipped surrogate: -mean log-prob)
-    logps_BT = sequence_logprobs(base.logits("policy", ids_BT, mask_BT), ids_BT, response_BT)
+    logps_BT = base.logprobs("policy", ids_BT, mask_BT, response_BT).logps_BT
     policy_loss = -(logps_BT.sum() / response_BT.sum())
     policy_loss.backward()
     del logps_BT
     # reference and reward forwards, no grad (the explicit methods run frozen roles under no_grad)
-    ref_logps_BT = sequence_logprobs(base.logits("reference", ids_BT, mask_BT), ids_BT, response_BT)
+    ref_logps_BT = base.logprobs("reference", ids_BT, mask_BT, response_BT).logps_BT
     scores_B = base.scores("reward", ids_BT, mask_BT)
     # value forward and backward (regression of per-token values onto the score)
     values_BT = base.values("value", ids_BT, mask_BT)

@@ -121,7 +121,7 @@ STUDIES: dict[str, Study] = {
         metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
         secondary=["accuracy_greedy", "mean_response_length"],
         smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "ppo.rollout_batch_size=8",
-                         "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
+                         "ppo.minibatch_size=4", "rollout.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
                          "eval.max_new_tokens=4"],
     ),
     # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the

@@ -31,4 +31,4 @@ rm -rf runs/rm_lora_last_token runs/rm_full_last_token runs/ppo_rm_last_token
 python -m align.cli train recipes/rm_lora.yaml reward.readout=last_token output_dir=runs/rm_lora_last_token > /dev/null
 python -m align.cli train recipes/rm_full.yaml reward.readout=last_token output_dir=runs/rm_full_last_token > /dev/null
 python scripts/rm_per_kind.py runs/rm_lora_last_token runs/rm_full_last_token | tee results/rm_per_kind_last_token.txt
-python -m align.cli train recipes/ppo_lora_rm.yaml ppo.reward_model=runs/rm_lora_last_token output_dir=runs/ppo_rm_last_token
+python -m align.cli train recipes/ppo_lora_rm.yaml rollout.reward_model=runs/rm_lora_last_token output_dir=runs/ppo_rm_last_token

@@ -40,7 +40,7 @@ def pair_features(model, tokenizer, split: str, n: int, seed: int, data_file: st
     from align.config import load_recipe
     from align.data.batching import collate_pairs
     from align.data.loading import SkipCounter, load_examples
-    from align.logprobs import last_token_index, position_ids_from_mask, sequence_logprobs, sum_and_mean_logprobs
+    from align.logprobs import last_token_index, position_ids_from_mask, sum_and_mean_logprobs, token_logprobs
 
     overrides = ["method=reward", "data.task=preference", f"data.num_train={n}", f"data.num_eval={n}", f"data.max_length={max_length}"]
     if data_file is not None:
@@ -54,7 +54,7 @@ def pair_features(model, tokenizer, split: str, n: int, seed: int, data_file: st
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True)
         hidden = out.hidden_states[-1]
         last = hidden[torch.arange(ids.shape[0]), last_token_index(mask)]
-        logprob = sum_and_mean_logprobs(sequence_logprobs(out.logits, ids, completion), completion)
+        logprob = sum_and_mean_logprobs(token_logprobs(model, ids, mask, completion).logps_BT, completion)
         for name, value in (("last_token", last), ("logprob", logprob)):
             chosen, rejected = value.float().chunk(2)
             diffs[name].append(chosen - rejected)

@@ -30,7 +30,10 @@ def write(tmp_path, data) -> str:
         ({"train": {"steps": True}}, "train.steps must be an integer"),
         ({"data": {"task": "chess"}}, "data.task must be one of"),
         ({"resume": True}, "resume needs output_dir"),
-        ({"method": "ppo", "ppo": {"reward": "learned"}}, "ppo.reward_model is required"),
+        ({"method": "ppo", "rollout": {"reward": "learned"}}, "rollout.reward_model is required"),
+        ({"method": "ppo", "ppo": {"kl_coef": 0.1}}, "ppo.kl_coef has moved to rollout.kl_coef"),
+        ({"method": "ppo", "ppo": {"chat_template": True}}, "ppo.chat_template has moved to data.chat_template"),
+        ({"method": "ppo", "rollout": {"kl_estimator": "k4"}}, "rollout.kl_estimator must be one of"),
         ({"method": "dpo", "dpo": {"loss_type": "kto"}}, "dpo.loss_type must be one of"),
     ],
 )

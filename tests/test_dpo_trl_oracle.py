@@ -6,7 +6,8 @@ tiny model and tokenizer, and its own code paths are called on the identical pad
   the reference forward, the loss) for the loss, and its logged `rewards/*`, `logps/*` metrics;
 - `DPOTrainer.compute_ref_log_probs(model, inputs)` (the per-sequence log-probs TRL also uses for
   `precompute_ref_log_probs`) for per-sequence log-probs of any model.
-Ours: `align.trainers.dpo.pair_logps` and `dpo_loss_on_batch` on a SharedBase.
+Ours: `align.trainers.dpo.pair_logps` (the one log-prob path, `SharedBase.logprobs`) and
+`dpo_loss_on_batch` on a SharedBase.
 
 Two setups: full models (policy = perturbed copy, reference = `ref_model`), and LoRA (TRL's own
 peft adapter, whose weights we copy into our SharedBase policy adapter; the reference is the base
@@ -88,20 +89,20 @@ def test_full_models_logps_and_loss_equal_trl(tmp_path, loss_type):
     trl_policy.eval(), trl_ref.eval()
     trl_pc, trl_pr = trainer.compute_ref_log_probs(trl_policy, theirs)
     trl_rc, trl_rr = trainer.compute_ref_log_probs(trl_ref, theirs)
+    base = SharedBase(ref_model, tokenizer, mode="full")
+    base.add_policy()
+    base.add_reference()
+    base.role_model("policy").load_state_dict(policy.state_dict())
+    base.role_model("policy").eval()
     with torch.no_grad():
-        our_p, lengths = pair_logps(policy.eval(), ours)
-        our_r, _ = pair_logps(ref_model.eval(), ours)
+        our_p, lengths = pair_logps(base, "policy", ours)
+        our_r, _ = pair_logps(base, "reference", ours)
     torch.testing.assert_close(our_p, torch.cat([trl_pc, trl_pr]), atol=1e-5, rtol=0)
     torch.testing.assert_close(our_r, torch.cat([trl_rc, trl_rr]), atol=1e-5, rtol=0)
     assert lengths.tolist() == theirs["completion_mask"].sum(-1).tolist()
 
     # the loss through TRL's compute_loss (models in eval mode: TRL logs its metrics under "eval"), and ours
     trl_loss = trainer.compute_loss(trainer.model, theirs)
-    base = SharedBase(ref_model, tokenizer, mode="full")
-    base.add_policy()
-    base.add_reference()
-    base.role_model("policy").load_state_dict(policy.state_dict())
-    base.role_model("policy").eval()
     our_loss, stats, _ = dpo_loss_on_batch(base, ours, get_preference_loss(loss_type), _cfg(loss_type))
     assert float(our_loss.detach()) == pytest.approx(float(trl_loss.detach()), abs=1e-5)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
@@ -135,10 +136,9 @@ def test_lora_policy_and_base_reference_equal_trl_peft(tmp_path):
 
     unwrapped = trainer.model
     trl_rc, trl_rr = trainer.compute_ref_log_probs(unwrapped, theirs)  # adapters disabled: the reference
-    with torch.no_grad(), base.role("policy") as m:
-        our_p, _ = pair_logps(m, ours)
-    with torch.no_grad(), base.role("reference") as m:
-        our_r, _ = pair_logps(m, ours)
+    with torch.no_grad():
+        our_p, _ = pair_logps(base, "policy", ours)
+        our_r, _ = pair_logps(base, "reference", ours)
     torch.testing.assert_close(our_r, torch.cat([trl_rc, trl_rr]), atol=1e-5, rtol=0)
     trl_loss = trainer.compute_loss(trainer.model, theirs)
     our_loss, stats, _ = dpo_loss_on_batch(base, ours, get_preference_loss("sigmoid"), _cfg())

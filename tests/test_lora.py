@@ -7,6 +7,7 @@ import torch
 from peft import get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from align.config import LoraSettings
 from align.lora import effective_learning_rate, peft_lora_config, resolve_target_modules
 
 
@@ -45,7 +46,7 @@ def test_adapters_start_as_identity_and_head_is_not_wrapped(make):
     ids = torch.randint(0, 50, (2, 7))
     with torch.no_grad():
         before = model(ids).logits
-    peft_model = get_peft_model(model, peft_lora_config(model, rank=4, alpha=32, targets="all")).eval()
+    peft_model = get_peft_model(model, peft_lora_config(model, LoraSettings(rank=4, alpha=32, targets="all"))).eval()
     with torch.no_grad():
         after = peft_model(ids).logits
     assert torch.equal(before, after)  # B = 0: the adapter is the identity at init

@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from align.memory import count_parameters, memory_report, peak_bytes, reset_peak
 from align.shared_base import SharedBase
+from tests.helpers import completion_logprobs
 
 torch.set_num_threads(1)
 
@@ -66,7 +67,7 @@ def test_gradients_and_optimizer_state():
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     ids = torch.randint(3, 48, (2, 6))
     mask = torch.ones_like(ids)
-    base.completion_logprobs("policy", ids, mask, mask).sum().backward()
+    completion_logprobs(base, "policy", ids, mask, mask).sum().backward()
     optimizer.step()
     report = memory_report(base, optimizer)
     policy_bytes = sum(p.numel() * p.element_size() for p in params)

@@ -147,7 +147,7 @@ def test_ppo_ratio_is_one_without_model_dropout_and_not_with_it(tmp_path, gpt2_d
     from align.trainers.ppo import train_ppo
 
     ppo = ["method=ppo", f"model={gpt2_dir}", "data.task=arithmetic", "train.steps=1", "optimizer.lr=0",
-           "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "ppo.ppo_epochs=1",
+           "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "rollout.max_new_tokens=6", "ppo.ppo_epochs=1",
            *[c for c in COMMON if not c.startswith("optimizer.lr")]]
     result = train_ppo(load_recipe(None, ppo + [f"output_dir={tmp_path / 'off'}"]))
     assert _metric(result.run_dir, "ratio") == [pytest.approx(1.0, abs=1e-6)]

@@ -18,7 +18,9 @@ from align.config import load_recipe
 from align.models import load_model_and_tokenizer
 from align.shared_base import SharedBase
 from align.trainers.ppo import train_ppo
-from align.trainers.ppo_rollout import collect_experience, parse_answer
+from align.data.prompts import parse_answer
+from align.experience import RolloutRewards, sample_and_score
+from align.trainers.ppo import ppo_experience
 from reward_models.base import parse_reward_spec
 from tests.helpers import crash_after_checkpoint
 
@@ -26,7 +28,7 @@ FAST = [
     "method=ppo", "model=scratch:test", "data.task=arithmetic", "data.num_train=64", "lora.rank=4",
     "train.log_every=1", "train.steps=2", "optimizer.lr=0.01", "optimizer.warmup_steps=0", "optimizer.schedule=constant",
     "eval.enabled=false", "tracking.wandb=false", "ppo.rollout_batch_size=8", "ppo.minibatch_size=4",
-    "ppo.max_new_tokens=6", "ppo.ppo_epochs=2", "ppo.kl_coef=0.1",
+    "rollout.max_new_tokens=6", "ppo.ppo_epochs=2", "rollout.kl_coef=0.1",
 ]
 
 
@@ -77,7 +79,7 @@ def test_lora_ppo_trains_only_the_policy_and_value_adapters_and_head(tmp_path):
 
 
 def test_zero_learning_rate_keeps_the_policy_and_kl_at_zero(tmp_path):
-    result = run(tmp_path, "zero", "optimizer.lr=0", "train.steps=3", "ppo.kl_estimator=k3")
+    result = run(tmp_path, "zero", "optimizer.lr=0", "train.steps=3", "rollout.kl_estimator=k3")
     base: SharedBase = result.model
     assert all(torch.all(p == 0) for n, p in base.model.named_parameters() if "lora_B.policy" in n)
     assert curve(result.run_dir, "kl") == [0.0, 0.0, 0.0]
@@ -85,7 +87,7 @@ def test_zero_learning_rate_keeps_the_policy_and_kl_at_zero(tmp_path):
 
 
 def test_experience_masks_stop_at_eos_and_exclude_padding(tmp_path):
-    cfg = load_recipe(None, FAST + ["ppo.max_new_tokens=8", "ppo.no_stop_penalty=-3.0"])
+    cfg = load_recipe(None, FAST + ["rollout.max_new_tokens=8", "rollout.no_stop_penalty=-3.0"])
     model, tokenizer = load_model_and_tokenizer("scratch:test")
     base = SharedBase(model, tokenizer, mode="lora", lora=cfg.lora)
     base.add_policy()
@@ -101,30 +103,33 @@ def test_experience_masks_stop_at_eos_and_exclude_padding(tmp_path):
     hook = model.lm_head.register_forward_hook(lambda module, inputs, out: out + eos_boost_V)
     model.train()  # generation must run in eval mode and hand the modes back unchanged
     try:
-        exp = collect_experience(base, prompt_rows, build_reward("arithmetic_correctness"), None, 0.1, cfg,
-                                 torch.Generator().manual_seed(0), [tokenizer.eos_token_id])
+        samples = sample_and_score(base, prompt_rows, RolloutRewards(build_reward("arithmetic_correctness")), cfg,
+                                   torch.Generator().manual_seed(0), [tokenizer.eos_token_id])
+        exp = ppo_experience(base, samples, 0.1, cfg)
     finally:
         hook.remove()
     assert all(module.training for module in model.modules())
-    P, mask_BT = exp.prompt_width, exp.response_mask_BT.bool()
-    response_ids_BT = exp.input_ids_BL[:, P:]
-    assert exp.stopped_B.any() and (~exp.stopped_B).any()
-    for b in range(len(exp)):
+    P, mask_BT = samples.prompt_width, samples.response_mask_BT.bool()
+    response_ids_BT = samples.input_ids_BL[:, P:]
+    assert samples.stopped_B.any() and (~samples.stopped_B).any()
+    for b in range(len(samples)):
         ids, mask = response_ids_BT[b].tolist(), mask_BT[b].tolist()
         n = sum(mask)
         assert mask == [True] * n + [False] * (len(mask) - n)  # contiguous from the start
-        if exp.stopped_B[b]:
+        if samples.stopped_B[b]:
             assert ids[n - 1] == tokenizer.eos_token_id and tokenizer.eos_token_id not in ids[: n - 1]
             assert all(i == tokenizer.pad_token_id for i in ids[n:])  # post-stop tokens are padding
         else:
-            assert n == cfg.ppo.max_new_tokens and tokenizer.eos_token_id not in ids
-            assert float(exp.scores_B[b]) == -3.0  # the no-stop penalty replaced the score
+            assert n == cfg.rollout.max_new_tokens and tokenizer.eos_token_id not in ids
+            assert float(samples.scores_B[b]) == -3.0  # the no-stop penalty replaced the score
     # attention covers prompt (left padding excluded) + response tokens only
-    assert torch.equal(exp.attention_mask_BL[:, P:].bool(), mask_BT)
-    for name in ("old_logps_BT", "old_values_BT", "advantages_BT", "returns_BT"):
+    assert torch.equal(samples.attention_mask_BL[:, P:].bool(), mask_BT)
+    for name in ("old_logps_BT", "ref_logps_BT"):
+        assert torch.all(getattr(samples, name)[~mask_BT] == 0), name
+    for name in ("old_values_BT", "advantages_BT", "returns_BT"):
         assert torch.all(getattr(exp, name)[~mask_BT] == 0), name
     assert abs(float(exp.advantages_BT[mask_BT].mean())) < 1e-5  # whitened over real tokens only
-    assert exp.stats["no_stop_fraction"] == pytest.approx(float((~exp.stopped_B).float().mean()))
+    assert samples.stats["no_stop_fraction"] == pytest.approx(float((~samples.stopped_B).float().mean()))
 
 
 def test_learned_reward_path_keeps_the_reward_role_frozen(tmp_path):
@@ -136,8 +141,8 @@ def test_learned_reward_path_keeps_the_reward_role_frozen(tmp_path):
         for p in reward_base.adapter_parameters("reward"):
             p.normal_(std=0.05)
     reward_dir = reward_base.save_role("reward", tmp_path / "rm" / "reward")
-    result = run(tmp_path, "learned", "data.task=preference", "ppo.reward=learned",
-                 f"ppo.reward_model={tmp_path / 'rm'}", "ppo.gold_reward=gold_preference", "ppo.value_init_from_reward=true")
+    result = run(tmp_path, "learned", "data.task=preference", "rollout.reward=learned",
+                 f"rollout.reward_model={tmp_path / 'rm'}", "rollout.gold_reward=gold_preference", "ppo.value_init_from_reward=true")
     base: SharedBase = result.model
     saved = load_file(str(reward_dir / "adapter_model.safetensors"))
     current = {n: p for n, p in base.model.named_parameters() if "lora_" in n and ".reward." in n + "."}
@@ -151,10 +156,10 @@ def test_learned_reward_path_keeps_the_reward_role_frozen(tmp_path):
 
 
 def test_weighted_sum_reward_logs_every_term(tmp_path):
-    assert parse_reward_spec("1.0*arithmetic_correctness + 0.5*format") == [(1.0, "arithmetic_correctness"), (0.5, "format")]
+    assert parse_reward_spec("1.0*arithmetic_correctness + 0.5*format").terms == ((1.0, "arithmetic_correctness"), (0.5, "format"))
     with pytest.raises(ValueError, match="unknown reward"):
         parse_reward_spec("correctnes")
-    result = run(tmp_path, "sum", "train.steps=1", "ppo.reward=1.0*arithmetic_correctness + 0.5*format")
+    result = run(tmp_path, "sum", "train.steps=1", "rollout.reward=1.0*arithmetic_correctness + 0.5*format")
     last = rows(result.run_dir)[-1]
     assert "reward/format" in last and "reward/arithmetic_correctness" in last
 
@@ -190,7 +195,7 @@ def test_answers_from_files_and_gsm8k_text(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"question": f"Q: {a}+1=? A:", "answer": f"#### {a + 1}"}) + "\n" for a in range(8)))
     result = run(tmp_path, "file", "train.steps=1", "data.task=null", f"data.train_file={prompts}",
-                 f"data.eval_file={prompts}", "ppo.prompt_field=question", "eval.enabled=true", "eval.num_prompts=4")
+                 f"data.eval_file={prompts}", "data.prompt_field=question", "eval.enabled=true", "eval.num_prompts=4")
     assert curve(result.run_dir, "reward/score")
     summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
     assert set(summary["eval_after"]) >= {"reward_greedy", "reward_sampled", "no_stop_fraction"}

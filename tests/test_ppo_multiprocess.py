@@ -22,7 +22,7 @@ from tests.test_multiprocess import free_port
 TINY = [
     "model=scratch:test", "data.num_train=64", "lora.rank=4", "train.steps=2", "train.log_every=1",
     "train.threads=1", "train.eval_every=0", "eval.enabled=false", "tracking.wandb=false",
-    "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=6", "optimizer.warmup_steps=0",
+    "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "rollout.max_new_tokens=6", "optimizer.warmup_steps=0",
 ]
 
 

@@ -225,7 +225,7 @@ def test_margin_column(tmp_path):
 
 def test_margin_rows_follow_bad_rows_like_every_loader(tmp_path):
     from align.tasks.tokenizer import build_tokenizer
-    from align.trainers.reward import load_pairs
+    from align.data.loading import load_examples
 
     tokenizer = build_tokenizer()
 
@@ -235,7 +235,8 @@ def test_margin_rows_follow_bad_rows_like_every_loader(tmp_path):
         cfg = load_recipe(None, ["method=reward", "data.task=null", f"data.train_file={path}", "reward.margin=true",
                                  f"data.bad_rows={mode}"])
         skipped = SkipCounter()
-        return load_pairs(cfg, tokenizer, "train", skipped), skipped.as_dict(), str(path)
+        examples = load_examples(cfg.data, tokenizer, "pairs", "train", cfg.train.seed, skipped, read_margin=True)
+        return (examples, [e.margin for e in examples]), skipped.as_dict(), str(path)
 
     good = [json.dumps(dict(GOOD[0], margin=1.5)), json.dumps(GOOD[2])]  # no margin column: 0
     bad = ["{not json", json.dumps(dict(GOOD[1], rejected=GOOD[1]["chosen"])), json.dumps(dict(GOOD[1], margin="big")),

@@ -71,7 +71,8 @@ def test_metrics_summary_config_and_adapter_files(tmp_path):
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
     assert "accuracy_sampled" in summary["eval_before"] and "accuracy_greedy" in summary["eval_after"]
     rows = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
-    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(rows[0])
+    assert rows[0]["step"] == 0 and "eval/accuracy_sampled" in rows[0]  # eval_before, as in every trainer
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(rows[1])
 
 
 def test_saved_adapter_loads_in_plain_peft_with_same_logits(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from align.shared_base import HEAD_FILE, SharedBase
+from tests.helpers import completion_logprobs, role_logits
 
 torch.set_num_threads(1)
 
@@ -118,7 +119,7 @@ def test_full_mode_independent_copies_same_api():
     assert base.trainable_parameters("reference") == []
     assert len(base.trainable_parameters("policy")) == len(list(base.model.parameters()))
     ids, mask, completion = batch()
-    logps_B = base.completion_logprobs("policy", ids, mask, completion)
+    logps_B = completion_logprobs(base, "policy", ids, mask, completion)
     scores_B = base.scores("reward", ids, mask)
     values_BT = base.values("value", ids, mask)
     (logps_B.sum() + scores_B.sum() + values_BT.sum()).backward()
@@ -134,7 +135,7 @@ def _forward_in_order(base: SharedBase, order, ids, mask, completion):
     out = {}
     for role in order:
         if role == "policy":
-            out[role] = base.completion_logprobs("policy", ids, mask, completion)
+            out[role] = completion_logprobs(base, "policy", ids, mask, completion)
         elif role == "reward":
             out[role] = base.scores("reward", ids, mask)
         else:
@@ -183,7 +184,7 @@ def test_policy_and_value_grads_from_one_backward_interleaved(kind):
     with base.role("policy") as model:
         logits = model(input_ids=ids, attention_mask=mask).logits
     values_BT = base.values("value", ids, mask)
-    ref_B = base.completion_logprobs("reference", ids, mask, completion)
+    ref_B = completion_logprobs(base, "reference", ids, mask, completion)
     assert not ref_B.requires_grad
     (logits.float().logsumexp(-1).sum() + values_BT.sum()).backward()
     for role in ("policy", "value"):
@@ -215,8 +216,8 @@ def test_flags_and_modes_unchanged_by_roles_and_adapter_loading(tmp_path, start_
         with base.role(role):
             pass
         assert snapshot(base) == state, role
-    base.completion_logprobs("reference", ids, mask, completion)
-    base.completion_logprobs("policy", ids, mask, completion)
+    completion_logprobs(base, "reference", ids, mask, completion)
+    completion_logprobs(base, "policy", ids, mask, completion)
     base.values("value", ids, mask)
     assert snapshot(base) == state
 
@@ -265,14 +266,14 @@ def test_reference_is_untouched_base_after_policy_steps(kind, mode):
     ids, mask, completion = batch()
     optimizer = torch.optim.AdamW(base.trainable_parameters("policy"), lr=1e-2)
     for _ in range(3):
-        loss = -base.completion_logprobs("policy", ids, mask, completion).mean()
+        loss = -completion_logprobs(base, "policy", ids, mask, completion).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         expected = pristine(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
-    assert torch.equal(base.logits("reference", ids, mask), expected)  # bit for bit
-    assert not torch.allclose(base.logits("policy", ids, mask), expected)
+    assert torch.equal(role_logits(base, "reference", ids, mask), expected)  # bit for bit
+    assert not torch.allclose(role_logits(base, "policy", ids, mask), expected)
 
 
 def _positions(mask):
@@ -296,20 +297,20 @@ def test_reference_is_the_start_adapter_when_policy_starts_from_one(tmp_path, mo
     base.add_reference()
     assert not base.is_trainable("reference")
     ids, mask, completion = batch()
-    start = base.logits("policy", ids, mask).detach()
-    assert torch.equal(base.logits("reference", ids, mask), start)
+    start = role_logits(base, "policy", ids, mask).detach()
+    assert torch.equal(role_logits(base, "reference", ids, mask), start)
     with torch.no_grad():
         plain = pristine(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
     assert not torch.allclose(start, plain)  # disabling adapters would be the wrong reference
 
     optimizer = torch.optim.AdamW(base.trainable_parameters("policy"), lr=1e-2)
     for _ in range(3):
-        loss = -base.completion_logprobs("policy", ids, mask, completion).mean()
+        loss = -completion_logprobs(base, "policy", ids, mask, completion).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert torch.equal(base.logits("reference", ids, mask), start)
-    assert not torch.allclose(base.logits("policy", ids, mask), start)
+    assert torch.equal(role_logits(base, "reference", ids, mask), start)
+    assert not torch.allclose(role_logits(base, "policy", ids, mask), start)
 
 
 # ---------------------------------------------------------------------------- reward and value
@@ -351,7 +352,7 @@ def test_frozen_reward_gets_no_grads_and_stays_fixed(tmp_path):
     params = [*base.trainable_parameters("policy"), *base.trainable_parameters("value")]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(2):
-        loss = -base.completion_logprobs("policy", ids, mask, completion).mean()
+        loss = -completion_logprobs(base, "policy", ids, mask, completion).mean()
         loss = loss + (base.values("value", ids, mask) - base.scores("reward", ids, mask)[:, None]).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -397,8 +398,8 @@ def test_logprob_readout_is_the_head_plus_weighted_completion_logprobs(kind, mod
     # by hand, from the public API: w . h_last + b + a_sum * sum log p + a_mean * mean log p
     last = mask.sum(1) - 1
     h_last = base.hidden_states("reward", ids, mask)[torch.arange(3), last]
-    logp_sum = base.completion_logprobs("reward", ids, mask, completion)
-    logp_mean = base.completion_logprobs("reward", ids, mask, completion, average=True)
+    logp_sum = completion_logprobs(base, "reward", ids, mask, completion)
+    logp_mean = completion_logprobs(base, "reward", ids, mask, completion, average=True)
     by_hand = h_last @ head.weight[0] + head.bias[0] + 0.3 * logp_sum - 0.7 * logp_mean
     torch.testing.assert_close(scores_B, by_hand, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(scores_B, h_last @ head.weight[0] + head.bias[0])  # the log-prob term counts
@@ -487,7 +488,7 @@ def test_saved_policy_loads_in_plain_peft(tmp_path, kind):
     ids, mask, _ = batch()
     with torch.no_grad():
         expected = plain(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
-    torch.testing.assert_close(base.logits("policy", ids, mask), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(role_logits(base, "policy", ids, mask), expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError):
         base.save_role("reference", tmp_path / "ref")  # the base itself: nothing to save
 
@@ -498,17 +499,17 @@ def test_full_mode_save_and_load_policy(tmp_path):
     perturb(base, "policy", scale=0.01)
     base.save_role("policy", tmp_path / "policy")
     ids, mask, _ = batch()
-    expected = base.logits("policy", ids, mask).detach()
+    expected = role_logits(base, "policy", ids, mask).detach()
     fresh = SharedBase(tiny_model("gpt2"), None, mode="full")
     fresh.load_role("policy", tmp_path / "policy")
     assert fresh.is_trainable("policy")
-    torch.testing.assert_close(fresh.logits("policy", ids, mask), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(role_logits(fresh, "policy", ids, mask), expected, rtol=0, atol=1e-6)
 
 
 def test_errors_are_clear(tmp_path):
     base = SharedBase(tiny_model("llama"), None, lora=LORA)
     with pytest.raises(KeyError):
-        base.logits("policy", *batch()[:2])
+        role_logits(base, "policy", *batch()[:2])
     base.add_policy()
     with pytest.raises(ValueError):
         base.add_policy()
@@ -546,7 +547,7 @@ def test_generate_as_a_role_delegates_to_rollout():
     policy = base.generate("policy", prompts, max_new_tokens=4, do_sample=False, progress=False)
     assert snapshot(base) == state and base.model.training
     # The policy's first greedy token is the argmax of its own logits after the prompt.
-    first = base.logits("policy", policy.prompt_ids_BP, policy.prompt_mask_BP)[:, -1].argmax(-1)
+    first = role_logits(base, "policy", policy.prompt_ids_BP, policy.prompt_mask_BP)[:, -1].argmax(-1)
     assert torch.equal(policy.response_ids_BT[:, 0], first)
 
 
@@ -559,8 +560,8 @@ def test_bfloat16_base(kind):
     base.add_value()
     perturb(base, "policy")
     ids, mask, completion = batch()
-    logps_B = base.completion_logprobs("policy", ids, mask, completion)
-    ref_B = base.completion_logprobs("reference", ids, mask, completion)
+    logps_B = completion_logprobs(base, "policy", ids, mask, completion)
+    ref_B = completion_logprobs(base, "reference", ids, mask, completion)
     scores_B = base.scores("reward", ids, mask)
     values_BT = base.values("value", ids, mask)
     assert logps_B.dtype == ref_B.dtype == scores_B.dtype == values_BT.dtype == torch.float32
@@ -588,9 +589,9 @@ def test_activation_checkpointing_keeps_gradients_right(kind):
             pristine = copy.deepcopy(base.model)  # a deepcopy must not drag the SharedBase along
             assert sum(1 for _ in pristine.modules()) == sum(1 for _ in base.model.modules())
         ids, mask, completion = batch()
-        logps_B = base.completion_logprobs("policy", ids, mask, completion)
+        logps_B = completion_logprobs(base, "policy", ids, mask, completion)
         values_BT = base.values("value", ids, mask)
-        base.completion_logprobs("reference", ids, mask, completion)
+        completion_logprobs(base, "reference", ids, mask, completion)
         (logps_B.sum() + values_BT.pow(2).sum()).backward()
         grads.append([p.grad.clone() for role in ("policy", "value") for p in base.trainable_parameters(role)])
     for plain, checkpointed in zip(*grads):

@@ -22,7 +22,7 @@ A bad row (not JSON, no prompt, a bad answer) follows `data.bad_rows` as in ever
 out and counted in the caller's `SkipCounter`; a source that gives no prompt is a DataError.
 
 What it leaves out: sampling, scoring and tokenising responses (`align.rollout`,
-`align.trainers.ppo_rollout`), and the rows of offline methods (SFT and preference pairs:
+`align.experience`), and the rows of offline methods (SFT and preference pairs:
 `align.data.loading.load_examples`).
 
 Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_ppo_prompts.py tests/test_preflight.py`.

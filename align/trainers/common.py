@@ -1,6 +1,11 @@
-"""Helpers every trainer shares: run setup, optimizer and schedule, data, evaluation, summary.
+"""Helpers every trainer shares: run setup, optimizer and schedule, resume and checkpoints, the
+log/eval/save cadence after each step, evaluation, and the finishing block.
 
-Composition, not inheritance: a trainer calls these and still reads top to bottom.
+Composition, not inheritance: a trainer calls these and still reads top to bottom as
+    setup     run = start_run(cfg); model or roles; data; optimizer = make_optimizer(...);
+              start_step = resume_step(...); save = checkpoint_saver(...); eval_before = ...
+    loop      for step in range(start_step, steps): ... ; end_of_step(run, done, metrics, evaluate, save)
+    save      return finish_run(run, save, save_outputs, evaluate, eval_before, ...)
 """
 
 from __future__ import annotations
@@ -110,8 +115,33 @@ def start_run(cfg: RecipeConfig) -> Run:
     return Run(cfg, accelerator, run_dir, tracker, derived)
 
 
+def load_shared_base(cfg: RecipeConfig, run: Run):
+    """The recipe's model as a `SharedBase` on this process's device, before any role exists.
+    The base model's own dropout is removed (`align.dropout`, as TRL does) unless
+    `train.model_dropout`; `lora.dropout` is untouched."""
+    from align.dropout import disable_model_dropout
+    from align.models import load_model_and_tokenizer
+    from align.shared_base import SharedBase
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    if not cfg.train.model_dropout:
+        disable_model_dropout(model)
+    return SharedBase(model.to(run.accelerator.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+
+
+def add_policy_and_reference(base, key: str, init_adapter: str | None) -> None:
+    """The policy (fresh, or started from the saved adapter that recipe key `key` names) and its
+    frozen reference; a saved adapter that does not fit the model is one ConfigError line."""
+    from align.preflight import adapter_load_errors
+
+    with adapter_load_errors(key, init_adapter):
+        base.add_policy(init_adapter=init_adapter)
+        base.add_reference()
+
+
 def make_optimizer(params: list[torch.nn.Parameter] | list[dict], cfg: RecipeConfig, lr: float) -> torch.optim.AdamW:
-    """AdamW over parameters, or over param groups (a group's own "lr" overrides `lr`)."""
+    """AdamW over parameters, or over param groups (a group's own "lr" overrides `lr`; a "name"
+    labels it). The one optimizer every trainer builds."""
     o = cfg.optimizer
     return torch.optim.AdamW(params, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
 
@@ -162,6 +192,44 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
         )
     run.accelerator.wait_for_everyone()
     return result
+
+
+def log_eval(run: Run, metrics: dict[str, float], step: int) -> None:
+    """Evaluation metrics into the tracker as `eval/<name>` (nothing when there are none)."""
+    if metrics:
+        run.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+
+
+def end_of_step(run: Run, done: int, metrics: dict[str, float], evaluate, save) -> None:
+    """What follows optimizer step (or iteration) `done` in every trainer: log `metrics` every
+    `train.log_every` steps and at the last; `evaluate()` every `train.eval_every` and `save(done)`
+    every `train.save_every` steps, except at the last, which `finish_run` evaluates and saves."""
+    t = run.cfg.train
+    if t.log_every and (done % t.log_every == 0 or done == t.steps):
+        run.tracker.log(metrics, step=done)
+    if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+        log_eval(run, evaluate(), done)
+    if t.save_every and done % t.save_every == 0 and done != t.steps:
+        save(done)
+
+
+def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, trainable: int, total: int,
+               extra=None, model: Any = None) -> TrainResult:
+    """The end of every trainer: the last checkpoint (`save`), the trained roles or model
+    (`save_outputs(run_dir)`, main process only), the final evaluation, `summary.json` with
+    `extra(eval_after)` (called after the evaluation, so memory peaks include it), and accelerate's
+    teardown."""
+    steps = run.cfg.train.steps
+    save(steps)
+    if run.is_main:
+        save_outputs(run.run_dir)
+    eval_after = evaluate()
+    log_eval(run, eval_after, steps)
+    result = summary(run, eval_before, eval_after, trainable, total, extra(eval_after) if extra is not None else None)
+    run.tracker.finish(result)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return TrainResult(str(run.run_dir), model, result)
 
 
 def peak_memory_bytes() -> int:

@@ -22,9 +22,9 @@ dropout is removed first (`align.dropout`, as TRL's `disable_dropout`; `train.mo
 keeps it): with it, policy != reference at step 0 and the first loss is not ln 2. `lora.dropout`
 stays the recipe's.
 
-Log-probs are computed from the final hidden states, projecting through the LM head only the
-positions that predict a completion token (prompt and padding positions never build a
-(T, V) row of logits). Models whose head scales or soft-caps logits fall back to full logits.
+Log-probs come from the toolkit's one log-prob path (`SharedBase.logprobs`, `align.logprobs`): only
+positions that predict a completion token go through the LM head; models whose head scales or
+soft-caps logits take the model's full forward.
 
 Left out: reference-model syncing (TR-DPO), multiple epochs over a precomputed table stored on
 disk, packing, and losses that need per-token log-probs (TRL's nca_pair, ld_alpha).
@@ -39,50 +39,24 @@ import torch
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
-from align.dropout import disable_model_dropout
-from align.logprobs import gather_logprobs, position_ids_from_mask, reduce_logprobs, sequence_logprobs
+from align.logprobs import sequence_logprob_sums
 from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
 from align.memory import count_parameters, memory_report
-from align.models import load_model_and_tokenizer
-from align.preflight import adapter_load_errors
+from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, global_step_means, evaluate, make_optimizer,
-    make_scheduler, resume_step, start_run, summary,
+    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate,
+    finish_run, global_step_means, load_shared_base, log_eval, make_optimizer, make_scheduler, resume_step, start_run,
 )
 from align.tracking import progress
 
-# Config fields of heads that change logits after the projection; such models take the full path.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
-
-
-def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs (2B,) and completion lengths (2B,) of a `collate_pairs` batch.
-
-    Only positions whose NEXT token is a completion token go through the LM head (exact: the
-    other rows of logits never enter the sum). Token t is scored from the hidden state at t-1.
-    """
+def pair_logps(base: SharedBase, role: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (2B,) under `role` and completion lengths (2B,) of a
+    `collate_pairs` batch, from the one log-prob path (`SharedBase.logprobs`)."""
     input_ids_BT, attention_mask_BT = batch["input_ids"], batch["attention_mask"]
     completion_mask_BT = batch["completion_mask"] * attention_mask_BT
-    lengths_B = completion_mask_BT[:, 1:].sum(-1)
-    config = getattr(model, "config", None)
-    backbone = getattr(model, "base_model", model)
-    fast = backbone is not model and not any(getattr(config, k, None) is not None for k in _LOGIT_TRANSFORMS)
-    if not fast:
-        logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
-                           position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).logits
-        token_logps_BT = sequence_logprobs(logits_BTV, input_ids_BT, completion_mask_BT)
-        return reduce_logprobs(token_logps_BT, completion_mask_BT), lengths_B
-    hidden_BTH = backbone(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
-                          position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).last_hidden_state
-    target_BT1 = completion_mask_BT[:, 1:].bool()  # hidden state t predicts token t + 1
-    hidden_NH = hidden_BTH[:, :-1][target_BT1]
-    labels_N = input_ids_BT[:, 1:][target_BT1]
-    logits_NV = model.get_output_embeddings()(hidden_NH)
-    token_logps_N = gather_logprobs(logits_NV, labels_N)  # log p = z_label - logsumexp(z)
-    rows_N = target_BT1.nonzero()[:, 0]
-    logps_B = token_logps_N.new_zeros(input_ids_BT.shape[0]).index_add(0, rows_N, token_logps_N)
-    return logps_B, lengths_B
+    token_logps_BT = base.logprobs(role, input_ids_BT, attention_mask_BT, completion_mask_BT).logps_BT
+    return sequence_logprob_sums(token_logps_BT, completion_mask_BT), completion_mask_BT[:, 1:].sum(-1)
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -93,12 +67,11 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
 def reference_table(base: SharedBase, examples, rows: list[int], pad_id: int, batch_size: int) -> dict[int, tuple[float, float]]:
     """{row: (ref chosen logp, ref rejected logp)} for `rows`, computed once under the reference role."""
     table: dict[int, tuple[float, float]] = {}
-    with base.role("reference") as ref_model:
-        for i in range(0, len(rows), batch_size):
-            part = rows[i : i + batch_size]
-            logps_2B, _ = pair_logps(ref_model, _to(collate_pairs([examples[r] for r in part], pad_id), base.device))
-            chosen_B, rejected_B = logps_2B.double().chunk(2)
-            table.update({r: (c, rj) for r, c, rj in zip(part, chosen_B.tolist(), rejected_B.tolist())})
+    for i in range(0, len(rows), batch_size):
+        part = rows[i : i + batch_size]
+        logps_2B, _ = pair_logps(base, "reference", _to(collate_pairs([examples[r] for r in part], pad_id), base.device))
+        chosen_B, rejected_B = logps_2B.double().chunk(2)
+        table.update({r: (c, rj) for r, c, rj in zip(part, chosen_B.tolist(), rejected_B.tolist())})
     return table
 
 
@@ -107,11 +80,9 @@ def dpo_loss_on_batch(base: SharedBase, batch, loss_fn, cfg: RecipeConfig, ref_l
     reference-free (SimPO: no reference forward at all), then the loss.
 
     Returns (mean loss over the micro-batch, stats dict, number of pairs)."""
-    with base.role("policy") as policy_model:
-        logps_2B, lengths_2B = pair_logps(policy_model, batch)
+    logps_2B, lengths_2B = pair_logps(base, "policy", batch)
     if ref_logps_2B is None and cfg.dpo.loss_type not in REFERENCE_FREE_LOSSES:
-        with torch.no_grad(), base.role("reference") as ref_model:
-            ref_logps_2B, _ = pair_logps(ref_model, batch)
+        ref_logps_2B, _ = pair_logps(base, "reference", batch)  # a frozen role: no_grad
     chosen_B, rejected_B = logps_2B.chunk(2)
     ref_chosen_B = ref_rejected_B = None
     if ref_logps_2B is not None:
@@ -137,13 +108,8 @@ def eval_pairs(base: SharedBase, examples, ref_table, loss_fn, cfg: RecipeConfig
         ref_2B = None  # a reference-free loss has no table
         if ref_table:
             ref_2B = torch.tensor([ref_table[r][0] for r in part] + [ref_table[r][1] for r in part], device=base.device)
-        model = base.role_model("policy")
-        was_training = model.training
-        model.eval()  # dropout off; restored below
-        try:
+        with eval_mode(base.role_model("policy")):  # dropout off; each module's mode restored
             loss, stats, n = dpo_loss_on_batch(base, batch, loss_fn, cfg, ref_2B)
-        finally:
-            model.train(was_training)
         for k, v in {"loss": loss, **stats}.items():
             totals[k] = totals.get(k, 0.0) + float(v) * n
     return {f"pairs/{k}": v / max(len(examples), 1) for k, v in totals.items()}
@@ -153,14 +119,9 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------------
     run = start_run(cfg)
     acc = run.accelerator
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
-    if not cfg.train.model_dropout:
-        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
-    base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
-    with adapter_load_errors("dpo.init_adapter", cfg.dpo.init_adapter):  # a misfit: one ConfigError line
-        base.add_policy(init_adapter=cfg.dpo.init_adapter)
-        base.add_reference()
-    policy_model = base.role_model("policy")
+    base = load_shared_base(cfg, run)
+    add_policy_and_reference(base, "dpo.init_adapter", cfg.dpo.init_adapter)
+    policy_model, tokenizer = base.role_model("policy"), base.tokenizer
     policy_model.train()
     trainable, total = count_parameters(policy_model)
     loss_fn = get_preference_loss(cfg.dpo.loss_type)
@@ -211,8 +172,7 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
         f"lr {run.derived['learning_rate']:.3g}; beta {cfg.dpo.beta}; run dir {run.run_dir}"
     )
     eval_before = evaluate_policy() if start_step == 0 else {}
-    if eval_before:
-        run.tracker.log({f"eval/{k}": v for k, v in eval_before.items()}, step=0)
+    log_eval(run, eval_before, 0)
 
     # ---- loop -----------------------------------------------------------------------------------
     bar = progress(total=cfg.train.steps, desc="dpo", initial=start_step)
@@ -239,35 +199,18 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
         metrics, global_tokens = global_step_means(acc, sums, tokens, global_pairs)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-
-        done = step + 1
-        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
-            run.tracker.log(
-                {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                 "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()},
-                step=done,
-            )
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            run.tracker.log({f"eval/{k}": v for k, v in evaluate_policy().items()}, step=done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
-            save(done)
+        metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                        "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()})
+        end_of_step(run, step + 1, metrics, evaluate_policy, save)
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
-    save(cfg.train.steps)
-    if run.is_main:
-        out = run.run_dir / ("adapter" if cfg.mode == "lora" else "model")
+    def save_outputs(run_dir) -> None:
+        out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
         base.save_role("policy", out)
         tokenizer.save_pretrained(out)
-    eval_after = evaluate_policy()
-    if eval_after:
-        run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
-    memory = memory_report(base, optimizer)
-    result = summary(run, eval_before, eval_after, trainable, total, {
+
+    return finish_run(run, save, save_outputs, evaluate_policy, eval_before, trainable, total, lambda eval_after: {
         "loss_type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "precompute_reference": cfg.dpo.precompute_reference,
-        "skipped_rows": skipped.total, "memory_bytes": memory,
-    })
-    run.tracker.finish(result)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return TrainResult(str(run.run_dir), base, result)
+        "skipped_rows": skipped.total, "memory_bytes": memory_report(base, optimizer),
+    }, model=base)

@@ -7,14 +7,18 @@ Run: `align train recipes/ppo_lora.yaml` (verifiable arithmetic reward), `recipe
 
 Roles (see `align.shared_base`): policy (trainable LoRA, or started from `ppo.init_adapter`),
 reference (its frozen starting point), value (trainable LoRA + scalar head, optionally copied from
-the reward role), and, for `ppo.reward: learned`, the frozen reward role of an rm_lora run.
+the reward role), and, for a `rollout.reward` that names `learned`, the frozen reward role of an
+rm_lora run. Recipe sections: `rollout:` (sampling, reward, KL; shared by on-policy methods) and
+`ppo:` (batches, epochs, GAE, clipping, the value model).
 
 One PPO iteration (`train.steps` of them), following "The N Implementation Details of RLHF with
-PPO" (Huang et al.), see `align.trainers.ppo_rollout`:
+PPO" (Huang et al.):
     rollout     sample `ppo.rollout_batch_size` prompts' responses from the policy (split over
-                processes), score them; a response without EOS gets `ppo.no_stop_penalty`
-    experience  old/reference log-probs and values under no_grad; r_t = -kl_coef KL_t + score at
-                the last token; GAE; whitened advantages
+                processes), score them; a response without EOS gets `rollout.no_stop_penalty`;
+                old and reference log-probs under no_grad (`align.experience`, shared by every
+                on-policy method)
+    experience  values under no_grad; r_t = -kl_coef KL_t + score at the last token; GAE;
+                whitened advantages (`ppo_experience`, below)
     update      `ppo.ppo_epochs` passes of minibatches (`ppo.minibatch_size` rows, split over
                 processes): clipped surrogate + clipped value loss; each process backpropagates
                 the mean over its equal share and `all_reduce_gradients` averages the gradients
@@ -22,6 +26,9 @@ PPO" (Huang et al.), see `align.trainers.ppo_rollout`:
                 clipped to `optimizer.max_grad_norm`, one AdamW with a policy and a value group
                 (`ppo.value_lr`); the LR schedule runs over every optimizer step of the run
     control     the adaptive KL controller (if on) moves kl_coef towards `ppo.kl_target`
+
+Log-probs are those of the sampled distribution (logits / `rollout.temperature`), from the one
+log-prob path (`SharedBase.logprobs`), which also handles soft-capped or scaled logits.
 
 Dropout: the base model's own dropout is removed (`align.dropout`, as TRL does) unless
 `train.model_dropout: true`. Rollouts and experience run in eval mode; the update's forward runs
@@ -38,28 +45,99 @@ reference-model updates.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, shard
 from align.data.loading import SkipCounter
-from align.dropout import disable_model_dropout
+from align.data.prompts import load_prompt_rows
+from align.experience import (
+    RolloutRewards, Samples, eos_token_ids, evaluate_prompts, response_logprobs, sample_and_score, sampling_generator,
+)
 from align.lora import effective_learning_rate
-from align.losses.policy import AdaptiveKLController, FixedKLController
+from align.losses.policy import (
+    AdaptiveKLController, FixedKLController, gae_advantages, masked_mean, masked_whiten, per_token_rewards,
+    ppo_policy_loss, ppo_value_loss,
+)
 from align.memory import memory_report, peak_bytes
-from align.models import load_model_and_tokenizer
-from align.preflight import adapter_load_errors
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, clip_and_step, evaluate, make_scheduler, start_run, summary,
-)
-from align.trainers.ppo_rollout import (
-    build_training_reward, collect_experience, evaluate_prompts, load_prompt_rows, ppo_minibatch_loss,
+    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate,
+    finish_run, load_shared_base, log_eval, make_optimizer, make_scheduler, resume_step, start_run,
 )
 from align.tracking import progress
-from reward_models.base import LEARNED, parse_reward_spec
+
+# ---------------------------------------------------------------- PPO's own pieces: values, GAE, loss
+
+
+def response_values(base: SharedBase, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, P: int) -> torch.Tensor:
+    """V_t (B, T) of the value role: the state before response token t is chosen (read from the
+    column that predicts it)."""
+    return base.values("value", input_ids_BL, attention_mask_BL)[:, P - 1 : -1]
+
+
+@dataclass
+class Experience:
+    """One scored rollout batch with values and advantages, ready for PPO epochs."""
+
+    samples: Samples
+    old_values_BT: torch.Tensor
+    advantages_BT: torch.Tensor
+    returns_BT: torch.Tensor
+
+    def rows(self, index: list[int]) -> dict[str, torch.Tensor]:
+        s = self.samples
+        return {"input_ids_BL": s.input_ids_BL[index], "attention_mask_BL": s.attention_mask_BL[index],
+                "response_mask_BT": s.response_mask_BT[index], "old_logps_BT": s.old_logps_BT[index],
+                "old_values_BT": self.old_values_BT[index], "advantages_BT": self.advantages_BT[index],
+                "returns_BT": self.returns_BT[index]}
+
+
+@torch.no_grad()
+def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: RecipeConfig) -> Experience:
+    """Values, per-token rewards and GAE advantages of a scored rollout batch; adds `kl` and
+    `reward/total` to its stats."""
+    t0 = time.time()
+    P, mask_BT = samples.prompt_width, samples.response_mask_BT.bool()
+    values = []
+    for start in range(0, len(samples), cfg.rollout.forward_batch_size):
+        part = slice(start, start + cfg.rollout.forward_batch_size)
+        values.append(response_values(base, samples.input_ids_BL[part], samples.attention_mask_BL[part], P))
+    old_values_BT = torch.where(mask_BT, torch.cat(values).float(), 0.0)
+    # r_t = -kl_coef * KL_t, plus the score at the last response token (Ziegler et al. 2019, eq. 2)
+    rewards_BT, kl_BT = per_token_rewards(samples.scores_B, samples.old_logps_BT, samples.ref_logps_BT, mask_BT,
+                                          kl_coef, cfg.rollout.kl_estimator)
+    if cfg.ppo.whiten_rewards:
+        rewards_BT = masked_whiten(rewards_BT, mask_BT, shift_mean=False)  # rescale only (TRL 0.x)
+    advantages_BT, returns_BT = gae_advantages(rewards_BT, old_values_BT, mask_BT, cfg.ppo.gamma, cfg.ppo.lam)
+    if int(mask_BT.sum()) > 1:
+        advantages_BT = masked_whiten(advantages_BT, mask_BT)  # A <- (A - mean) / std over response tokens
+    samples.stats.update({
+        "reward/total": float(rewards_BT.sum(-1).mean()),
+        "kl": float(kl_BT.sum(-1).mean()),  # per-sequence KL(policy || reference), summed over tokens
+        "time/forward": samples.stats["time/forward"] + time.time() - t0,
+    })
+    return Experience(samples, old_values_BT, advantages_BT, returns_BT)
+
+
+def ppo_minibatch_loss(base: SharedBase, batch: dict[str, torch.Tensor], cfg: RecipeConfig) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (policy role) + value_loss_coef x clipped value loss (value role).
+
+    loss = E_t max(-A ratio, -A clip(ratio, 1 +- eps)) + c_v * 0.5 E_t max((V - R)^2, (V_clip - R)^2)
+    """
+    ppo, mask_BT = cfg.ppo, batch["response_mask_BT"]
+    ids_BL, attention_BL = batch["input_ids_BL"], batch["attention_mask_BL"]
+    logps_BT, entropy_BT = response_logprobs(base, "policy", ids_BL, attention_BL, mask_BT, cfg.rollout.temperature,
+                                             with_entropy=True)
+    policy_loss, policy_stats = ppo_policy_loss(logps_BT, batch["old_logps_BT"], batch["advantages_BT"], mask_BT, ppo.clip_range)
+    values_BT = response_values(base, ids_BL, attention_BL, ids_BL.shape[1] - mask_BT.shape[1]).float()
+    value_loss, value_stats = ppo_value_loss(values_BT, batch["old_values_BT"], batch["returns_BT"], mask_BT, ppo.clip_range_value)
+    loss = policy_loss + ppo.value_loss_coef * value_loss
+    stats = {"loss/policy": policy_loss.detach(), "loss/value": value_loss.detach(),
+             "update_entropy": masked_mean(entropy_BT, mask_BT), **policy_stats, **value_stats}
+    return loss, stats
 
 
 def _named_trainable(base: SharedBase) -> list[tuple[str, torch.nn.Parameter]]:
@@ -86,18 +164,6 @@ def _set_update_mode(base: SharedBase, training: bool) -> None:
             head.train(training)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return sorted(i for i in ids if i is not None)
-
-
-def _generator(seed: int, step: int, rank: int, purpose: int = 0) -> torch.Generator:
-    """A CPU generator that depends only on (seed, iteration, rank, purpose): resumable."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 7 + purpose)
-
-
 def train_ppo(cfg: RecipeConfig) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------------
     run = start_run(cfg)
@@ -105,33 +171,18 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     ppo = cfg.ppo
     if ppo.rollout_batch_size % run.world or ppo.minibatch_size % run.world:
         raise SystemExit(f"ppo.rollout_batch_size and ppo.minibatch_size must divide by the {run.world} processes")
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
-    if not cfg.train.model_dropout:
-        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
-    base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
-    with adapter_load_errors("ppo.init_adapter", ppo.init_adapter):  # a misfit: one ConfigError line
-        base.add_policy(init_adapter=ppo.init_adapter)
-        base.add_reference()
-    learned = None
-    if any(name == LEARNED for _, name in parse_reward_spec(ppo.reward)):
-        from reward_models.learned import load_learned_reward
-
-        with adapter_load_errors("ppo.reward_model", ppo.reward_model):
-            learned = load_learned_reward(ppo.reward_model, base)  # adds the frozen reward role
-    reward_fn = build_training_reward(ppo.reward, learned)
-    gold_fn = None
-    if ppo.gold_reward:
-        from reward_models import build_reward
-
-        gold_fn = build_reward(ppo.gold_reward)
+    base = load_shared_base(cfg, run)
+    add_policy_and_reference(base, "rollout.init_adapter", cfg.rollout.init_adapter)
+    rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
     base.add_value(init_from_reward=ppo.value_init_from_reward)
     _set_update_mode(base, False)  # eval mode except during the update's forward passes
-    eos_ids = _eos_ids(model, tokenizer)
+    tokenizer, eos_ids = base.tokenizer, eos_token_ids(base.model, base.tokenizer)
 
     skipped = SkipCounter()  # prompt rows left out under data.bad_rows: skip, logged with the metrics
     train_rows = load_prompt_rows(cfg, "train", skipped)
     if not train_rows:
         raise SystemExit("no PPO prompts: set data.task or data.train_file")
+    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
     stream = BatchStream(len(train_rows), ppo.rollout_batch_size, cfg.train.seed)
     local_rollout, local_minibatch = ppo.rollout_batch_size // run.world, ppo.minibatch_size // run.world
 
@@ -140,61 +191,45 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     named_params = _named_trainable(base)
     policy_lr = run.derived["learning_rate"]
     value_lr = policy_lr if ppo.value_lr is None else effective_learning_rate(ppo.value_lr, cfg.mode == "lora", cfg.optimizer.lr_rule)
-    o = cfg.optimizer
-    optimizer = torch.optim.AdamW(
-        [{"params": policy_params, "lr": policy_lr, "name": "policy"}, {"params": value_params, "lr": value_lr, "name": "value"}],
-        betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay,
-    )
+    optimizer = make_optimizer([{"params": policy_params, "lr": policy_lr, "name": "policy"},
+                                {"params": value_params, "lr": value_lr, "name": "value"}], cfg, policy_lr)
     updates_per_iteration = ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
     total_updates = cfg.train.steps * updates_per_iteration  # derived once: the schedule's length
     scheduler = make_scheduler(optimizer, cfg, total_updates)
-    kl_ctl = (AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon) if ppo.adaptive_kl
-              else FixedKLController(ppo.kl_coef))
+    kl_ctl = (AdaptiveKLController(cfg.rollout.kl_coef, ppo.kl_target, ppo.kl_horizon) if ppo.adaptive_kl
+              else FixedKLController(cfg.rollout.kl_coef))
     trainable = sum(p.numel() for _, p in named_params)
     every = {id(p): p for p in base.base_parameters() + base.all_adapter_parameters() + base.head_parameters()}
     total = sum(p.numel() for p in every.values())  # base + every role's adapter/copy and head
 
-    start_step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(run.run_dir)
-        if ckpt is None:
-            raise SystemExit(f"resume=true but {run.run_dir} has no checkpoint")
-        state = load_checkpoint(ckpt, named_params, {"ppo": optimizer}, {"ppo": scheduler})
-        start_step = state["step"]
-        kl_ctl.load_state_dict(state["extra"]["kl_controller"])
-        run.tracker.truncate_after(start_step)
-        run.print(f"resumed from {ckpt} at step {start_step}")
+    optimizers, schedulers = {"ppo": optimizer}, {"ppo": scheduler}
+    start_step = resume_step(run, named_params, optimizers, schedulers)
+    if start_step:
+        kl_ctl.load_state_dict(run.resumed_extra["kl_controller"])
 
-    def save(step: int) -> None:
-        if run.is_main:
-            def save_roles(d):
-                base.save_role("policy", d)
-                base.save_role("value", d.parent / "value")
+    def save_roles(directory) -> None:  # inside a checkpoint (LoRA mode): both adapters, peft format
+        base.save_role("policy", directory)
+        base.save_role("value", directory.parent / "value")
 
-            save_checkpoint(run.run_dir, step, named_params, {"ppo": optimizer}, {"ppo": scheduler},
-                            extra={"kl_controller": kl_ctl.state_dict()},
-                            save_adapter=save_roles if cfg.mode == "lora" else None)
-        acc.wait_for_everyone()
-
-    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
+    save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=save_roles,
+                            extra=lambda: {"kl_controller": kl_ctl.state_dict()})
 
     def evaluate_policy() -> dict[str, float]:
         with base.role("policy") as policy_model:  # generation with the policy adapter active
             metrics = evaluate(run, policy_model, tokenizer)  # built-in task: greedy/sampled accuracy
         if eval_rows:  # a prompt file: the training reward of greedy/sampled responses
-            metrics = evaluate_prompts(base, eval_rows, reward_fn, cfg, eos_ids) if run.is_main else {}
+            metrics = evaluate_prompts(base, eval_rows, rewards.train, cfg, eos_ids) if run.is_main else {}
             acc.wait_for_everyone()
         return metrics
 
     run.print(
-        f"ppo {cfg.mode}: {trainable:,} trainable of {total:,} parameters (policy + value); reward {ppo.reward}"
-        f"{f' (gold: {ppo.gold_reward})' if ppo.gold_reward else ''}; {len(train_rows)} prompts ({skipped.total} skipped); "
-        f"lr policy {policy_lr:.3g} value {value_lr:.3g}; {cfg.train.steps} iterations x {updates_per_iteration} updates; "
-        f"run dir {run.run_dir}"
+        f"ppo {cfg.mode}: {trainable:,} trainable of {total:,} parameters (policy + value); reward {cfg.rollout.reward}"
+        f"{f' (gold: {cfg.rollout.gold_reward})' if cfg.rollout.gold_reward else ''}; {len(train_rows)} prompts "
+        f"({skipped.total} skipped); lr policy {policy_lr:.3g} value {value_lr:.3g}; {cfg.train.steps} iterations x "
+        f"{updates_per_iteration} updates; run dir {run.run_dir}"
     )
     eval_before = evaluate_policy() if start_step == 0 else {}
-    if eval_before:
-        run.tracker.log({f"eval/{k}": v for k, v in eval_before.items()}, step=0)
+    log_eval(run, eval_before, 0)
 
     # ---- loop -----------------------------------------------------------------------------------
     bar = progress(total=cfg.train.steps, desc="ppo", initial=start_step)
@@ -202,20 +237,19 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         t_start = time.time()
         # ---- rollout and experience (this process's share of the prompts)
         rows = [train_rows[i] for i in shard(stream.batch(step), run.rank, run.world)]
-        exp = collect_experience(base, rows, reward_fn, gold_fn, kl_ctl.value, cfg,
-                                 _generator(cfg.train.seed, step, run.rank), eos_ids)
+        samples = sample_and_score(base, rows, rewards, cfg, sampling_generator(cfg.train.seed, step, run.rank), eos_ids)
+        exp = ppo_experience(base, samples, kl_ctl.value, cfg)
 
         # ---- update: ppo_epochs passes of shuffled minibatches (train mode: LoRA dropout, if any)
         t0 = time.time()
         _set_update_mode(base, True)
         sums: dict[str, float] = {}
         grad_norms = []
-        order_gen = _generator(cfg.train.seed, step, run.rank, 1)
+        order_gen = sampling_generator(cfg.train.seed, step, run.rank, 1)
         for _ in range(ppo.ppo_epochs):
             order = torch.randperm(local_rollout, generator=order_gen).tolist()
             for start in range(0, local_rollout, local_minibatch):
-                batch = exp.rows(order[start : start + local_minibatch])
-                loss, stats = ppo_minibatch_loss(base, batch, exp.prompt_width, cfg)
+                loss, stats = ppo_minibatch_loss(base, exp.rows(order[start : start + local_minibatch]), cfg)
                 loss.backward()
                 # Each process holds an equal share of the minibatch and the mean over it; the
                 # average of those gradients over processes is the gradient of the global mean.
@@ -224,8 +258,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
         _set_update_mode(base, False)
-        t_update = time.time() - t0
-        local = {**exp.stats, **{k: v / updates_per_iteration for k, v in sums.items()}, "time/update": t_update}
+        local = {**samples.stats, **{k: v / updates_per_iteration for k, v in sums.items()}, "time/update": time.time() - t0}
         local["grad_norm"] = sum(grad_norms) / len(grad_norms)
 
         # ---- statistics over processes, KL control
@@ -241,35 +274,19 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                         "peak_memory_bytes": float(peak_bytes()), **skipped.as_dict()})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl']:.3f}")
-
-        done = step + 1
-        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
-            run.tracker.log(metrics, step=done)
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            metrics = evaluate_policy()
-            if metrics:
-                run.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
-            save(done)
+        end_of_step(run, step + 1, metrics, evaluate_policy, save)
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
-    save(cfg.train.steps)
-    if run.is_main:
-        out = run.run_dir / ("adapter" if cfg.mode == "lora" else "model")
+    def save_outputs(run_dir) -> None:
+        out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
         base.save_role("policy", out)
         tokenizer.save_pretrained(out)
-        base.save_role("value", run.run_dir / "value")
-    eval_after = evaluate_policy()
-    if eval_after:
-        run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
-    result = summary(run, eval_before, eval_after, trainable, total, {
-        "reward": ppo.reward, "gold_reward": ppo.gold_reward, "rollout_batch_size": ppo.rollout_batch_size,
+        base.save_role("value", run_dir / "value")
+
+    return finish_run(run, save, save_outputs, evaluate_policy, eval_before, trainable, total, lambda eval_after: {
+        "reward": cfg.rollout.reward, "gold_reward": cfg.rollout.gold_reward, "rollout_batch_size": ppo.rollout_batch_size,
         "minibatch_size": ppo.minibatch_size, "ppo_epochs": ppo.ppo_epochs, "optimizer_updates": total_updates,
         "value_learning_rate": value_lr, "final_kl_coef": kl_ctl.value, "memory_bytes": memory_report(base, optimizer),
         "skipped_rows": skipped.total,
-    })
-    run.tracker.finish(result)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return TrainResult(str(run.run_dir), base, result)
+    }, model=base)

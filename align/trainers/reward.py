@@ -37,69 +37,25 @@ Left out: ensembles, reward centering/normalisation of the head output, multi-ob
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from typing import Any
 
 import torch
 
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, collate_pairs, shard
-from align.data.loading import (
-    DataError, PairExample, SkipCounter, load_examples, no_rows_error, pair_examples, read_rows,
-)
-from align.dropout import disable_model_dropout
+from align.data.loading import PairExample, SkipCounter, load_examples
 from align.losses import bradley_terry_loss
 from align.memory import count_parameters, memory_report
-from align.models import load_model_and_tokenizer
+from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, global_step_means, make_optimizer,
-    make_scheduler, peak_memory_bytes, resume_step, start_run, summary,
+    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, finish_run, global_step_means,
+    load_shared_base, log_eval, make_optimizer, make_scheduler, peak_memory_bytes, resume_step, start_run,
 )
 from align.tracking import progress
 
 ROLE = "reward"
-
-
-def load_pairs(cfg: RecipeConfig, tokenizer, split: str, skipped: SkipCounter) -> tuple[list[PairExample], list[float] | None]:
-    """Preference pairs of `split`, and their per-pair margins when `reward.margin` is on and the
-    rows come from a file (None otherwise). Margins are read row by row, so a skipped bad row
-    never shifts a margin onto the wrong pair. As in `load_examples`, `data.bad_rows: skip` skips
-    (and counts) unreadable lines too, and a file that gives no pair is a DataError."""
-    path = cfg.data.train_file if split == "train" else cfg.data.eval_file
-    if not cfg.reward.margin or path is None:
-        return load_examples(cfg.data, tokenizer, "pairs", split, cfg.train.seed, skipped), None
-    before = Counter(skipped.counts)
-    examples, margins = [], []
-    for row in read_rows(path, cfg.data.bad_rows, skipped):
-        try:
-            margin = _margin(row)
-        except DataError as err:
-            if cfg.data.bad_rows == "error":
-                raise
-            skipped.add(err.reason)
-            continue
-        converted = pair_examples([row], tokenizer, cfg.data.max_length, cfg.data.bad_rows, skipped)
-        if converted:
-            examples.append(converted[0])
-            margins.append(margin)
-    if not examples:
-        raise no_rows_error(path, skipped.counts - before)
-    return examples, margins
-
-
-def _margin(row) -> float:
-    """A row's `margin` column (0 when absent) as a float; anything but a finite number is a DataError."""
-    margin = row.data.get("margin", 0.0)
-    if isinstance(margin, (int, float)) and not isinstance(margin, bool):
-        try:
-            if math.isfinite(float(margin)):
-                return float(margin)
-        except OverflowError:  # an integer past float range
-            pass
-    raise DataError(f"{row.where}: field 'margin' must be a finite number, got {margin!r}", "wrong_type")
 
 
 def pair_scores(base: SharedBase, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,32 +65,26 @@ def pair_scores(base: SharedBase, batch: dict[str, torch.Tensor]) -> tuple[torch
     return chosen_B, rejected_B
 
 
-def _margins(margins: list[float] | None, rows: list[int], device) -> torch.Tensor | None:
-    return None if margins is None else torch.tensor([margins[r] for r in rows], dtype=torch.float32, device=device)
+def _margins(examples: list[PairExample], rows: list[int], use: bool, device) -> torch.Tensor | None:
+    """The pairs' `margin` column (`reward.margin`; 0 where a row has none), or None when off."""
+    return torch.tensor([examples[r].margin for r in rows], dtype=torch.float32, device=device) if use else None
 
 
 @torch.no_grad()
-def eval_pairs(base: SharedBase, examples: list[PairExample], margins: list[float] | None, pad_id: int,
+def eval_pairs(base: SharedBase, examples: list[PairExample], use_margins: bool, pad_id: int,
                batch_size: int = 64) -> dict[str, float]:
     """Held-out Bradley-Terry loss, pairwise accuracy and mean margin, in eval mode (restored)."""
     if not examples:
         return {}
-    model, head = base.role_model(ROLE), base.head(ROLE)
-    modes = [(m, m.training) for m in [*model.modules(), *head.modules()]]
-    model.eval()
-    head.eval()
     totals: dict[str, float] = {}
-    try:
+    with eval_mode(base.role_model(ROLE), base.head(ROLE)):  # dropout off; each module's mode restored
         for i in range(0, len(examples), batch_size):
             rows = list(range(i, min(i + batch_size, len(examples))))
             batch = {k: v.to(base.device) for k, v in collate_pairs([examples[r] for r in rows], pad_id).items()}
             chosen_B, rejected_B = pair_scores(base, batch)
-            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(margins, rows, base.device))
+            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(examples, rows, use_margins, base.device))
             for k, v in {"loss": loss, **stats}.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * len(rows)
-    finally:
-        for module, training in modes:
-            module.training = training
     return {f"pairs/{k}": v / len(examples) for k, v in totals.items()}
 
 
@@ -150,19 +100,17 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------------
     run = start_run(cfg)
     acc = run.accelerator
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
-    if not cfg.train.model_dropout:
-        disable_model_dropout(model)  # before any role exists; lora.dropout is untouched (align.dropout)
-    base = SharedBase(model.to(acc.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+    base = load_shared_base(cfg, run)
     base.add_reward(readout=cfg.reward.readout)  # fresh: trainable adapter + head (full: trainable copy + head)
-    reward_model, head = base.role_model(ROLE), base.head(ROLE)
+    reward_model, head, tokenizer = base.role_model(ROLE), base.head(ROLE), base.tokenizer
     reward_model.train()
     head.train()
     pad_id = tokenizer.pad_token_id
 
     skipped = SkipCounter()
-    train_examples, train_margins = load_pairs(cfg, tokenizer, "train", skipped)
-    eval_examples, eval_margins = load_pairs(cfg, tokenizer, "eval", skipped)
+    margin = cfg.reward.margin  # read per pair from the data's `margin` column (one preference loader)
+    train_examples = load_examples(cfg.data, tokenizer, "pairs", "train", cfg.train.seed, skipped, read_margin=margin)
+    eval_examples = load_examples(cfg.data, tokenizer, "pairs", "eval", cfg.train.seed, skipped, read_margin=margin)
     stream = BatchStream(len(train_examples), cfg.train.batch_size, cfg.train.seed)
 
     params = base.trainable_parameters(ROLE)
@@ -185,7 +133,7 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role(ROLE, d))
 
     def evaluate_rm() -> dict[str, float]:
-        return eval_pairs(base, eval_examples, eval_margins, pad_id)
+        return eval_pairs(base, eval_examples, margin, pad_id)
 
     run.print(
         f"reward model {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train pairs, "
@@ -193,8 +141,7 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
         f"run dir {run.run_dir}"
     )
     eval_before = evaluate_rm() if start_step == 0 else {}
-    if eval_before:
-        run.tracker.log({f"eval/{k}": v for k, v in eval_before.items()}, step=0)
+    log_eval(run, eval_before, 0)
     memory_after_backward: dict[str, int] | None = None
 
     # ---- loop -----------------------------------------------------------------------------------
@@ -208,7 +155,7 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
         for micro_rows in chunks(shard(global_rows, run.rank, run.world), cfg.train.grad_accum):
             batch = {k: v.to(acc.device) for k, v in collate_pairs([train_examples[r] for r in micro_rows], pad_id).items()}
             chosen_B, rejected_B = pair_scores(base, batch)
-            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(train_margins, micro_rows, acc.device))
+            loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(train_examples, micro_rows, margin, acc.device))
             # micro-batch mean x (micro pairs / global pairs) sums to the global-batch mean over
             # micro-batches and processes; x world because all_reduce_gradients AVERAGES over processes.
             (loss * (len(micro_rows) * run.world / global_pairs)).backward()
@@ -222,41 +169,25 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
         metrics, global_tokens = global_step_means(acc, sums, tokens, global_pairs)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
-
-        done = step + 1
-        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
-            run.tracker.log(
-                {**metrics, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                 "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()},
-                step=done,
-            )
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            run.tracker.log({f"eval/{k}": v for k, v in evaluate_rm().items()}, step=done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
-            save(done)
+        metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                        "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()})
+        end_of_step(run, step + 1, metrics, evaluate_rm, save)
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
-    save(cfg.train.steps)
-    if run.is_main:
-        out = base.save_role(ROLE, run.run_dir / "reward")
-        tokenizer.save_pretrained(out)
-    eval_after = evaluate_rm()
-    run.tracker.log({f"eval/{k}": v for k, v in eval_after.items()}, step=cfg.train.steps)
-    memory: dict[str, Any] = _merge_memory(*[r for r in (memory_after_backward, memory_report(base, optimizer)) if r])
-    memory.update(peak_measured=peak_memory_bytes(),
-                  peak_kind="cuda_max_allocated" if torch.cuda.is_available() else "cpu_process_max_rss")
-    run.tracker.log({f"memory/{k}": v for k, v in memory.items()}, step=cfg.train.steps)
-    result = summary(run, eval_before, eval_after, trainable, total, {
-        "pairwise_accuracy_before": eval_before.get("pairs/accuracy"),
-        "pairwise_accuracy_after": eval_after.get("pairs/accuracy"),
-        "margin_loss": cfg.reward.margin,
-        "skipped_rows": skipped.total,
-        "skipped": skipped.as_dict(),
-        "memory_bytes": memory,
-        "reward_dir": str(run.run_dir / "reward"),
-    })
-    run.tracker.finish(result)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return TrainResult(str(run.run_dir), base, result)
+    def save_outputs(run_dir) -> None:
+        tokenizer.save_pretrained(base.save_role(ROLE, run_dir / "reward"))
+
+    def final_summary(eval_after: dict[str, float]) -> dict[str, Any]:
+        memory: dict[str, Any] = _merge_memory(*[r for r in (memory_after_backward, memory_report(base, optimizer)) if r])
+        memory.update(peak_measured=peak_memory_bytes(),
+                      peak_kind="cuda_max_allocated" if torch.cuda.is_available() else "cpu_process_max_rss")
+        run.tracker.log({f"memory/{k}": v for k, v in memory.items()}, step=cfg.train.steps)
+        return {
+            "pairwise_accuracy_before": eval_before.get("pairs/accuracy"),
+            "pairwise_accuracy_after": eval_after.get("pairs/accuracy"),
+            "margin_loss": cfg.reward.margin, "skipped_rows": skipped.total, "skipped": skipped.as_dict(),
+            "memory_bytes": memory, "reward_dir": str(run.run_dir / "reward"),
+        }
+
+    return finish_run(run, save, save_outputs, evaluate_rm, eval_before, trainable, total, final_summary, model=base)

@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
+from align.logprobs import token_logprobs
 from align.lora import peft_lora_config
 from align.memory import count_parameters
 from align.models import load_model_and_tokenizer
+from align.modes import eval_mode
 from align.trainers.common import (
-    TrainResult, checkpoint_saver, clip_and_step, evaluate, make_optimizer, make_scheduler,
-    resume_step, start_run, summary,
+    TrainResult, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, log_eval, make_optimizer,
+    make_scheduler, resume_step, start_run,
 )
 from align.tracking import progress
 
@@ -53,15 +55,15 @@ def _target_tokens(examples, completion_only: bool) -> int:
 
 @torch.no_grad()
 def eval_loss(model, examples, pad_id: int, completion_only: bool, batch_size: int) -> float:
-    was_training = model.training
-    model.eval()
+    """Mean NLL per target token of held-out examples, in eval mode (each module's mode restored),
+    from the toolkit's one log-prob path (`align.logprobs.token_logprobs`)."""
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = collate_sft(examples[i : i + batch_size], pad_id, completion_only)
-        logits = model(input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device)).logits
-        nll, n = causal_lm_nll_sum(logits, batch["labels"].to(model.device))
-        total, count = total + float(nll), count + n
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate_sft(examples[i : i + batch_size], pad_id, completion_only).items()}
+            target_BT = (batch["labels"] != IGNORE_INDEX).long()
+            token_logps_BT = token_logprobs(model, batch["input_ids"], batch["attention_mask"], target_BT).logps_BT
+            total, count = total - float(token_logps_BT.sum()), count + int(target_BT[:, 1:].sum())
     return total / max(count, 1)
 
 
@@ -73,7 +75,7 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     if cfg.mode == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_lora_config(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout))
+        model = get_peft_model(model, peft_lora_config(model, cfg.lora))
     model.to(acc.device)
     model.train()
     trainable, total = count_parameters(model)
@@ -94,11 +96,17 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     start_step = resume_step(run, named_params, optimizers, schedulers)
     save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=model.save_pretrained)
 
+    def evaluate_model() -> dict[str, float]:
+        """Held-out loss (main process) and the task's generation metrics."""
+        metrics = {"loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
+        return {**metrics, **evaluate(run, model, tokenizer)}
+
     run.print(
         f"sft {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train rows "
         f"({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}; run dir {run.run_dir}"
     )
-    eval_before = evaluate(run, model, tokenizer) if start_step == 0 else {}
+    eval_before = evaluate_model() if start_step == 0 else {}
+    log_eval(run, eval_before, 0)
     micro_batches_per_step = cfg.train.grad_accum
 
     # ---- loop -----------------------------------------------------------------------------------
@@ -124,35 +132,16 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
         loss = float(acc.reduce(nll_total, reduction="sum")) / global_tokens
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-
-        done = step + 1
-        if cfg.train.log_every and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
-            run.tracker.log(
-                {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                 "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()},
-                step=done,
-            )
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            metrics = {"eval/loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
-            metrics.update({f"eval/{k}": v for k, v in evaluate(run, model, tokenizer).items()})
-            run.tracker.log(metrics, step=done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
-            save(done)
+        metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                   "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()}
+        end_of_step(run, step + 1, metrics, evaluate_model, save)
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
-    save(cfg.train.steps)
-    if run.is_main:
-        if cfg.mode == "lora":
-            model.save_pretrained(run.run_dir / "adapter")
-        else:
-            model.save_pretrained(run.run_dir / "model")
-        tokenizer.save_pretrained(run.run_dir / ("adapter" if cfg.mode == "lora" else "model"))
-    final = {"eval/loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
-    eval_after = {**final, **evaluate(run, model, tokenizer)}
-    run.tracker.log({f"eval/{k.removeprefix('eval/')}": v for k, v in eval_after.items()}, step=cfg.train.steps)
-    result = summary(run, eval_before, eval_after, trainable, total, {"skipped_rows": skipped.total})
-    run.tracker.finish(result)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return TrainResult(str(run.run_dir), model, result)
+    def save_outputs(run_dir) -> None:
+        out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return finish_run(run, save, save_outputs, evaluate_model, eval_before, trainable, total,
+                      lambda eval_after: {"skipped_rows": skipped.total}, model=model)

@@ -1,0 +1,204 @@
+"""On-policy experience: sample from the policy role, score the responses, and compute the log-probs
+of the policy and the reference. What every on-policy method (PPO today, the GRPO family next)
+does before its own advantages and loss.
+
+What it does:
+- `RolloutRewards.from_recipe(cfg, base)`: the reward the policy is trained on (`rollout.reward`,
+  parsed once by `reward_models.base.parse_reward_spec`; a `learned` term adds the frozen reward
+  role from `rollout.reward_model`) and the gold reward logged beside it (`rollout.gold_reward`);
+- `sample_and_score(base, rows, rewards, cfg, generator, eos_ids)` -> `Samples`: batched sampling
+  from the policy role (eval mode, no grad, KV cache, left padding; `align.rollout.generate`);
+  scores of the texts (a response that never reaches EOS gets `rollout.no_stop_penalty`, the
+  "N implementation details of RLHF" recipe); then, in chunks of `rollout.forward_batch_size` rows
+  and without gradients, the old log-probs and entropies of the policy and the log-probs of the
+  reference (skipped with `reference=False`), all at the sampling temperature;
+- `response_logprobs(base, role, ...)`: log-probs (B, T) of the response tokens under a role,
+  from the one log-prob path (`SharedBase.logprobs`); used for the rollout and for the update;
+- `evaluate_prompts(...)`: greedy and sampled reward on held-out prompts (prompt files, where no
+  built-in task checks answers);
+- `eos_token_ids`, `sampling_generator`: the stop tokens, and a generator seeded by (seed,
+  iteration, rank, purpose) so a resumed run samples exactly what an unbroken one did.
+
+Tensor names: `_BL` = prompt + response columns (L = P + T), `_BT` = response tokens only.
+Token t of the response sits at column P + t and is predicted by the hidden state at P + t - 1.
+
+What it leaves out: advantages and losses (each method's own: `align.trainers.ppo`), optimisation,
+distributed reductions (statistics are local to a process; the trainer averages them).
+
+Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_ppo.py tests/test_logprobs.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from align.data.prompts import render_prompts
+from align.losses.policy import masked_mean
+
+
+@dataclass
+class RolloutRewards:
+    """The reward the policy trains on, and an optional gold reward logged beside it."""
+
+    train: Any
+    gold: Any = None
+
+    @classmethod
+    def from_recipe(cls, cfg, base) -> "RolloutRewards":
+        from align.config import reward_spec
+        from align.preflight import adapter_load_errors
+        from reward_models.base import build_reward
+
+        spec = reward_spec(cfg)
+        if spec.uses_learned:
+            from reward_models.learned import load_learned_reward
+
+            with adapter_load_errors("rollout.reward_model", cfg.rollout.reward_model):
+                load_learned_reward(cfg.rollout.reward_model, base)  # adds the frozen reward role
+        gold = build_reward(cfg.rollout.gold_reward) if cfg.rollout.gold_reward else None
+        return cls(spec.build(base), gold)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS and every EOS id of the model's generation config (chat models stop at
+    their end-of-turn token too)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def sampling_generator(seed: int, step: int, rank: int, purpose: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, iteration, rank, purpose): resumable."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 7 + purpose)
+
+
+def response_logprobs(base, role: str, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor,
+                      response_mask_BT: torch.Tensor, temperature: float, with_entropy: bool = False):
+    """Log-probs (B, T) of the response tokens under `role` at `temperature` (0 off the response),
+    and their entropies (B, T) when asked (else None)."""
+    P = input_ids_BL.shape[1] - response_mask_BT.shape[1]
+    target_mask_BL = torch.cat([torch.zeros_like(input_ids_BL[:, :P]), response_mask_BT.to(input_ids_BL.dtype)], dim=1)
+    logps_BL, entropy_BL = base.logprobs(role, input_ids_BL, attention_mask_BL, target_mask_BL, temperature, with_entropy)
+    return logps_BL[:, P:], entropy_BL[:, P:] if entropy_BL is not None else None
+
+
+@dataclass
+class Samples:
+    """One scored rollout batch of this process."""
+
+    input_ids_BL: torch.Tensor
+    attention_mask_BL: torch.Tensor
+    response_mask_BT: torch.Tensor
+    old_logps_BT: torch.Tensor  # policy log-probs at sampling time (0 off the response)
+    ref_logps_BT: torch.Tensor | None  # reference log-probs (None when not asked for)
+    raw_scores_B: torch.Tensor  # what the reward gave
+    scores_B: torch.Tensor  # with the no-stop penalty applied: what the method optimises
+    stopped_B: torch.Tensor  # True where the response ended with EOS
+    texts: list[str]
+    stats: dict[str, float]
+
+    def __len__(self) -> int:
+        return self.input_ids_BL.shape[0]
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids_BL.shape[1] - self.response_mask_BT.shape[1]
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / max(len(values), 1)
+
+
+@torch.no_grad()
+def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, generator: torch.Generator,
+                     eos_ids: list[int], reference: bool = True) -> Samples:
+    """Sample one response per row from the policy, score it, and compute old (and reference)
+    log-probs (module docstring)."""
+    r = cfg.rollout
+    prompts, answers = [row["prompt"] for row in rows], [row["answer"] for row in rows]
+    rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
+
+    # ---- rollout: batched sampling from the policy (eval mode, no grad, KV cache, left padding)
+    t0 = time.time()
+    rollout = base.generate(
+        "policy", rendered, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+        batch_size=max(len(rendered), 1), generator=generator, add_special_tokens=not cfg.data.chat_template,
+        eos_token_ids=eos_ids, progress=False,
+    )
+    t_rollout = time.time() - t0
+
+    # ---- scoring: the training reward (and the gold reward beside it), from the texts
+    t0 = time.time()
+    lengths = rollout.response_mask_BT.sum(-1).tolist()
+    metadata = {"answers": answers, "response_lengths": lengths}
+    scored = rewards.train(prompts, rollout.texts, **metadata)
+    raw_score_B = torch.tensor(scored.scores, dtype=torch.float32, device=base.device)
+    stopped_B = rollout.stopped_B.to(base.device)
+    score_B = raw_score_B
+    if r.no_stop_penalty is not None:
+        # N implementation details: a response that never reaches EOS gets a fixed low score.
+        score_B = torch.where(stopped_B, raw_score_B, torch.full_like(raw_score_B, r.no_stop_penalty))
+    gold = rewards.gold(prompts, rollout.texts, **metadata).scores if rewards.gold is not None else None
+    t_scoring = time.time() - t0
+
+    # ---- old log-probs (and entropies) of the policy, log-probs of the reference, in chunks
+    t0 = time.time()
+    input_ids_BL, attention_mask_BL = (x.to(base.device) for x in rollout.sequences())
+    response_mask_BT = rollout.response_mask_BT.to(base.device)
+    logps, entropies, ref_logps = [], [], []
+    for start in range(0, len(rows), r.forward_batch_size):
+        part = slice(start, start + r.forward_batch_size)
+        chunk = (input_ids_BL[part], attention_mask_BL[part], response_mask_BT[part])
+        logps_BT, entropy_BT = response_logprobs(base, "policy", *chunk, r.temperature, with_entropy=True)
+        logps.append(logps_BT)
+        entropies.append(entropy_BT)
+        if reference:
+            ref_logps.append(response_logprobs(base, "reference", *chunk, r.temperature)[0])
+    t_forward = time.time() - t0
+
+    stats = {
+        "reward/score": float(raw_score_B.mean()),
+        "reward/score_with_penalty": float(score_B.mean()),
+        "entropy": float(masked_mean(torch.cat(entropies), response_mask_BT.bool())),
+        "response_length": _mean(lengths),
+        "no_stop_fraction": float((~rollout.stopped_B).float().mean()),
+        "time/rollout": t_rollout,
+        "time/scoring": t_scoring,
+        "time/forward": t_forward,
+        "response_tokens": float(sum(lengths)),
+    }
+    if gold is not None:
+        stats["reward/gold"] = _mean(gold)
+    for key, per_row in scored.info.items():  # a weighted sum's terms, e.g. "learned/score"
+        if key.endswith("/score"):
+            stats[f"reward/{key.removesuffix('/score')}"] = _mean(per_row)
+    return Samples(input_ids_BL, attention_mask_BL, response_mask_BT, torch.cat(logps),
+                   torch.cat(ref_logps) if reference else None, raw_score_B, score_B, stopped_B, rollout.texts, stats)
+
+
+@torch.no_grad()
+def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int]) -> dict[str, float]:
+    """Mean training reward of greedy and sampled (temperature 1) responses to held-out prompts:
+    the evaluation of prompt files, where no built-in task can check the answers."""
+    rows = rows[: cfg.eval.num_prompts]
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
+    out: dict[str, float] = {}
+    for kind, sample in (("greedy", False), ("sampled", True)):
+        rollout = base.generate(
+            "policy", rendered, max_new_tokens=cfg.eval.max_new_tokens, do_sample=sample, temperature=1.0,
+            batch_size=cfg.rollout.forward_batch_size, seed=cfg.train.seed, add_special_tokens=not cfg.data.chat_template,
+            eos_token_ids=eos_ids, progress=False,
+        )
+        scores = reward_fn(prompts, rollout.texts, answers=answers, response_lengths=rollout.response_lengths_B.tolist()).scores
+        out[f"reward_{kind}"] = _mean(scores)
+        if sample:
+            out["mean_response_length"] = float(rollout.response_lengths_B.float().mean())
+            out["no_stop_fraction"] = float((~rollout.stopped_B).float().mean())
+    return out
