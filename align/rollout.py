@@ -36,6 +36,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from align.modes import eval_mode
+
 
 @dataclass
 class Rollout:
@@ -62,26 +64,6 @@ class Rollout:
         input_ids_BL = torch.cat([self.prompt_ids_BP, self.response_ids_BT], dim=1)
         attention_mask_BL = torch.cat([self.prompt_mask_BP, self.response_mask_BT], dim=1)
         return input_ids_BL, attention_mask_BL
-
-
-class _EvalMode:
-    """Context: eval mode + no_grad; restores each module's own train/eval flag on exit."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(module, module.training) for module in self.model.modules()]
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for module, training in self.flags:
-            module.training = training
-        self.no_grad.__exit__(*exc)
-        return False
 
 
 def _next_tokens(
@@ -211,7 +193,7 @@ def generate(
     prompts = list(prompts)
 
     chunks = []
-    with _EvalMode(model):
+    with torch.no_grad(), eval_mode(model):
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="rollout", disable=None if progress is None else not progress,
                           leave=False):

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from align.data.loading import encode_completion, encode_prompt
+from align.modes import eval_mode
 from reward_models.base import RewardOutput, register_reward
 
 ROLE_FILE = "align_role.json"
@@ -73,12 +74,9 @@ class LearnedReward:
             raise ValueError(f"got {len(prompt_lengths)} prompt lengths for {len(sequences)} sequences")
         base = self.shared_base
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        model, head = base.role_model(self.role), base.head(self.role)
-        modes = [(m, m.training) for m in [*model.modules(), *head.modules()]]
-        model.eval()  # dropout off even for a role that is still trainable; restored below
-        head.eval()
         out: list[torch.Tensor] = []
-        try:
+        # dropout off even for a role that is still trainable; each module's mode restored after
+        with eval_mode(base.role_model(self.role), base.head(self.role)):
             for i in range(0, len(sequences), self.batch_size):
                 part = sequences[i : i + self.batch_size]
                 width = max(len(s) for s in part)
@@ -90,9 +88,6 @@ class LearnedReward:
                     completion_BT = torch.tensor([[0] * n + [1] * (len(s) - n) + [0] * (width - len(s)) for s, n in zip(part, starts)],
                                                  dtype=torch.long, device=base.device)
                 out.append(base.scores(self.role, ids_BT, mask_BT, completion_BT).float().cpu())
-        finally:
-            for module, training in modes:
-                module.training = training
         return torch.cat(out) if out else torch.zeros(0)
 
     def __call__(self, prompts: list[str], completions: list[str], **metadata: Any) -> RewardOutput:

@@ -101,6 +101,11 @@ def _reject_label_smoothing(label_smoothing: float, loss_name: str) -> None:
         raise ValueError(f"{loss_name} has no label-smoothing form; got label_smoothing={label_smoothing}")
 
 
+def _logratios(policy_chosen_logps_B, policy_rejected_logps_B, ref_chosen_logps_B, ref_rejected_logps_B):
+    """log pi(y|x) - log pi_ref(y|x) of the chosen and of the rejected completions."""
+    return policy_chosen_logps_B - ref_chosen_logps_B, policy_rejected_logps_B - ref_rejected_logps_B
+
+
 def _dpo_stats(
     chosen_rewards_B: torch.Tensor,
     rejected_rewards_B: torch.Tensor,
@@ -151,15 +156,13 @@ def dpo_sigmoid_loss(
     ls > 0 form here is the cDPO formula TRL 0.x used for "sigmoid" and `CPOTrainer` still uses.
     """
     _check_kwargs(kw, "sigmoid")
-    chosen_logratios_B = policy_chosen_logps_B - ref_chosen_logps_B
-    rejected_logratios_B = policy_rejected_logps_B - ref_rejected_logps_B
+    chosen_logratios_B, rejected_logratios_B = _logratios(
+        policy_chosen_logps_B, policy_rejected_logps_B, ref_chosen_logps_B, ref_rejected_logps_B)
     # DPO (Rafailov et al. 2023, eq. 7): -log sigmoid(beta * (policy margin - reference margin))
     logits_B = chosen_logratios_B - rejected_logratios_B
     loss_B = _conservative_logistic(beta * logits_B, label_smoothing)
-    stats = _dpo_stats(
-        beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B, policy_rejected_logps_B
-    )
-    return loss_B.mean(), stats
+    return loss_B.mean(), _dpo_stats(beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B,
+                                     policy_rejected_logps_B)
 
 
 def ipo_loss(
@@ -185,8 +188,8 @@ def ipo_loss(
     """
     _check_kwargs(kw, "ipo")
     _reject_label_smoothing(label_smoothing, "ipo")
-    chosen_logratios_B = policy_chosen_logps_B - ref_chosen_logps_B
-    rejected_logratios_B = policy_rejected_logps_B - ref_rejected_logps_B
+    chosen_logratios_B, rejected_logratios_B = _logratios(
+        policy_chosen_logps_B, policy_rejected_logps_B, ref_chosen_logps_B, ref_rejected_logps_B)
     chosen_scores_B, rejected_scores_B = chosen_logratios_B, rejected_logratios_B
     if kw.get("chosen_lengths_B") is not None or kw.get("rejected_lengths_B") is not None:
         chosen_lengths_B, rejected_lengths_B = _require_lengths(kw, "ipo with lengths")
@@ -195,10 +198,8 @@ def ipo_loss(
     logits_B = chosen_scores_B - rejected_scores_B
     # IPO (Azar et al. 2023, eq. 17): (h - 1/(2 tau))^2, regress the log-ratio gap onto 1/(2 tau)
     loss_B = (logits_B - 1 / (2 * beta)) ** 2
-    stats = _dpo_stats(
-        beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B, policy_rejected_logps_B
-    )
-    return loss_B.mean(), stats
+    return loss_B.mean(), _dpo_stats(beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B,
+                                     policy_rejected_logps_B)
 
 
 def hinge_loss(
@@ -217,15 +218,13 @@ def hinge_loss(
     """
     _check_kwargs(kw, "hinge")
     _reject_label_smoothing(label_smoothing, "hinge")
-    chosen_logratios_B = policy_chosen_logps_B - ref_chosen_logps_B
-    rejected_logratios_B = policy_rejected_logps_B - ref_rejected_logps_B
+    chosen_logratios_B, rejected_logratios_B = _logratios(
+        policy_chosen_logps_B, policy_rejected_logps_B, ref_chosen_logps_B, ref_rejected_logps_B)
     logits_B = chosen_logratios_B - rejected_logratios_B
     # SLiC (Zhao et al. 2023): max(0, delta - beta * logits) with delta = 1
     loss_B = torch.relu(1 - beta * logits_B)
-    stats = _dpo_stats(
-        beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B, policy_rejected_logps_B
-    )
-    return loss_B.mean(), stats
+    return loss_B.mean(), _dpo_stats(beta * chosen_logratios_B, beta * rejected_logratios_B, policy_chosen_logps_B,
+                                     policy_rejected_logps_B)
 
 
 def simpo_loss(

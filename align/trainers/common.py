@@ -4,7 +4,8 @@ log/eval/save cadence after each step, evaluation, and the finishing block.
 Composition, not inheritance: a trainer calls these and still reads top to bottom as
     setup     run = start_run(cfg); model or roles; data; optimizer = make_optimizer(...);
               start_step = resume_step(...); save = checkpoint_saver(...); eval_before = ...
-    loop      for step in range(start_step, steps): ... ; end_of_step(run, done, metrics, evaluate, save)
+    loop      eval_before, bar = start_loop(run, start_step, evaluate, desc, headline)
+              for step in range(start_step, steps): ... ; end_of_step(run, done, metrics, evaluate, save, bar, shown)
     save      return finish_run(run, save, save_outputs, evaluate, eval_before, ...)
 """
 
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from align.config import RecipeConfig, save_resolved
+from align.data.batching import chunks as _chunks
+from align.data.batching import shard as _shard
 from align.preflight import preflight
 from align.tracking import Tracker, new_run_dir
 
@@ -194,16 +197,31 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
     return result
 
 
+def start_loop(run: Run, start_step: int, evaluate, desc: str, headline: str):
+    """Before the first step: print the run's `headline` (what trains, on what data, at which LR,
+    where it writes), `evaluate()` a fresh run (not a resumed one) and log it at step 0;
+    returns (eval_before, the progress bar over the run's steps)."""
+    from align.tracking import progress
+
+    run.print(f"{headline}; run dir {run.run_dir}")
+    eval_before = evaluate() if start_step == 0 else {}
+    log_eval(run, eval_before, 0)
+    return eval_before, progress(total=run.cfg.train.steps, desc=desc, initial=start_step)
+
+
 def log_eval(run: Run, metrics: dict[str, float], step: int) -> None:
     """Evaluation metrics into the tracker as `eval/<name>` (nothing when there are none)."""
     if metrics:
         run.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
 
 
-def end_of_step(run: Run, done: int, metrics: dict[str, float], evaluate, save) -> None:
-    """What follows optimizer step (or iteration) `done` in every trainer: log `metrics` every
-    `train.log_every` steps and at the last; `evaluate()` every `train.eval_every` and `save(done)`
-    every `train.save_every` steps, except at the last, which `finish_run` evaluates and saves."""
+def end_of_step(run: Run, done: int, metrics: dict[str, float], evaluate, save, bar, shown: dict[str, str]) -> None:
+    """What follows optimizer step (or iteration) `done` in every trainer: the progress bar moves
+    and shows `shown` ({metric: format}); `metrics` are logged every `train.log_every` steps and at
+    the last; `evaluate()` runs every `train.eval_every` and `save(done)` every `train.save_every`
+    steps, except at the last, which `finish_run` evaluates and saves."""
+    bar.update(1)
+    bar.set_postfix({name.split("/")[-1]: format(metrics[name], spec) for name, spec in shown.items()})
     t = run.cfg.train
     if t.log_every and (done % t.log_every == 0 or done == t.steps):
         run.tracker.log(metrics, step=done)
@@ -211,6 +229,15 @@ def end_of_step(run: Run, done: int, metrics: dict[str, float], evaluate, save) 
         log_eval(run, evaluate(), done)
     if t.save_every and done % t.save_every == 0 and done != t.steps:
         save(done)
+
+
+def save_policy(base, run_dir: Path) -> Path:
+    """The trained policy where users look for it: `adapter/` (plain peft format; LoRA) or `model/`
+    (a full copy), with the tokenizer beside it."""
+    out = Path(run_dir) / ("adapter" if base.mode == "lora" else "model")
+    base.save_role("policy", out)
+    base.tokenizer.save_pretrained(out)
+    return out
 
 
 def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, trainable: int, total: int,
@@ -317,6 +344,32 @@ def checkpoint_saver(run: Run, named_params, optimizers: dict, schedulers: dict,
         run.accelerator.wait_for_everyone()
 
     return save
+
+
+def accumulated_step(run: Run, global_rows: list[int], micro_loss, params, optimizer, scheduler, after_backward=None):
+    """One optimizer step over the GLOBAL batch `global_rows`, for trainers whose loss is a mean over
+    rows (pairs): this process's share in `train.grad_accum` micro-batches. `micro_loss(rows)`
+    returns (mean loss over the micro-batch, stats, rows, tokens); each loss is rescaled by
+    micro / global rows so the sum over micro-batches and processes is the global-batch mean
+    (batch 8 == 4 x 2 accumulation == 2 processes x 4), then gradients are averaged over processes
+    (`all_reduce_gradients`), `after_backward()` runs (if given), and the step is taken.
+    Returns (metrics: global means of loss and stats, global tokens, pre-clip gradient norm)."""
+    acc, global_count = run.accelerator, len(global_rows)
+    sums: dict[str, torch.Tensor] = {}
+    tokens = torch.zeros((), device=acc.device)
+    for micro_rows in _chunks(_shard(global_rows, run.rank, run.world), run.cfg.train.grad_accum):
+        loss, stats, n, micro_tokens = micro_loss(micro_rows)
+        # x world because all_reduce_gradients AVERAGES over processes
+        (loss * (n * run.world / global_count)).backward()
+        for k, v in {"loss": loss.detach(), **stats}.items():
+            sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * n
+        tokens += micro_tokens
+    all_reduce_gradients(params, acc)
+    if after_backward is not None:
+        after_backward()
+    grad_norm = clip_and_step(params, optimizer, scheduler, run.cfg.optimizer.max_grad_norm, acc)
+    metrics, global_tokens = global_step_means(acc, sums, tokens, global_count)
+    return metrics, global_tokens, grad_norm
 
 
 def global_step_means(accelerator, sums: dict[str, torch.Tensor], tokens: torch.Tensor, count: int) -> tuple[dict[str, float], float]:

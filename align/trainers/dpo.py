@@ -13,7 +13,8 @@ One step, for every micro-batch of pairs (chosen rows then rejected rows, one fo
                    computed once before training (`dpo.precompute_reference`)            (2B,)
     loss           PREFERENCE_LOSSES[dpo.loss_type], a mean over the micro-batch, rescaled by
                    micro / global batch so that the sum over micro-batches and processes is the
-                   mean over the GLOBAL batch: batch 8 == 4 x 2 accumulation == 2 processes x 4.
+                   mean over the GLOBAL batch: batch 8 == 4 x 2 accumulation == 2 processes x 4
+                   (`common.accumulated_step`, shared with the reward trainer).
 Gradients of the policy parameters are averaged over processes by an explicit all-reduce
 (`common.all_reduce_gradients`; no DDP wrapper: role switching inside a DDP forward is not what
 DDP is built for).
@@ -37,7 +38,7 @@ import time
 import torch
 
 from align.config import RecipeConfig
-from align.data.batching import BatchStream, chunks, collate_pairs, shard
+from align.data.batching import BatchStream, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import sequence_logprob_sums
 from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
@@ -45,10 +46,9 @@ from align.memory import count_parameters, memory_report
 from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate,
-    finish_run, global_step_means, load_shared_base, log_eval, make_optimizer, make_scheduler, resume_step, start_run,
+    TrainResult, accumulated_step, add_policy_and_reference, checkpoint_saver, end_of_step, evaluate, finish_run,
+    load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop, start_run,
 )
-from align.tracking import progress
 
 def pair_logps(base: SharedBase, role: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (2B,) under `role` and completion lengths (2B,) of a
@@ -166,51 +166,33 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
             metrics.update(evaluate(run, m, tokenizer))
         return metrics
 
-    run.print(
-        f"dpo/{cfg.dpo.loss_type} {cfg.mode}: {trainable:,} trainable of {total:,} parameters; "
-        f"{len(train_examples)} train pairs, {len(eval_examples)} eval pairs ({skipped.total} skipped); "
-        f"lr {run.derived['learning_rate']:.3g}; beta {cfg.dpo.beta}; run dir {run.run_dir}"
-    )
-    eval_before = evaluate_policy() if start_step == 0 else {}
-    log_eval(run, eval_before, 0)
 
     # ---- loop -----------------------------------------------------------------------------------
-    bar = progress(total=cfg.train.steps, desc="dpo", initial=start_step)
+    headline = (
+        f"dpo/{cfg.dpo.loss_type} {cfg.mode}: {trainable:,} trainable of {total:,} parameters; "
+        f"{len(train_examples)} train pairs, {len(eval_examples)} eval pairs ({skipped.total} skipped); "
+        f"lr {run.derived['learning_rate']:.3g}; beta {cfg.dpo.beta}"
+    )
+    eval_before, bar = start_loop(run, start_step, evaluate_policy, "dpo", headline)
     for step in range(start_step, cfg.train.steps):
         t0 = time.time()
-        global_rows = stream.batch(step)
-        global_pairs = len(global_rows)
-        sums: dict[str, torch.Tensor] = {}
-        tokens = torch.zeros((), device=acc.device)
-        for micro_rows in chunks(shard(global_rows, run.rank, run.world), micro_batches_per_step):
+
+        def micro_loss(micro_rows: list[int]):
             batch = _to(collate_pairs([train_examples[r] for r in micro_rows], pad_id), acc.device)
             ref_2B = None
             if train_ref is not None:
                 ref_2B = torch.tensor([train_ref[r][0] for r in micro_rows] + [train_ref[r][1] for r in micro_rows], device=acc.device)
             loss, stats, n = dpo_loss_on_batch(base, batch, loss_fn, cfg, ref_2B)
-            # micro-batch mean x (micro pairs / global pairs) sums to the global-batch mean over
-            # micro-batches and processes; x world because all_reduce_gradients AVERAGES over processes.
-            (loss * (n * run.world / global_pairs)).backward()
-            for k, v in {"loss": loss.detach(), **stats}.items():
-                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * n
-            tokens += batch["attention_mask"].sum()
-        all_reduce_gradients(params, acc)
-        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
-        metrics, global_tokens = global_step_means(acc, sums, tokens, global_pairs)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            return loss, stats, n, batch["attention_mask"].sum()
+
+        metrics, global_tokens, grad_norm = accumulated_step(run, stream.batch(step), micro_loss, params, optimizer, scheduler)
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                         "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()})
-        end_of_step(run, step + 1, metrics, evaluate_policy, save)
+        end_of_step(run, step + 1, metrics, evaluate_policy, save, bar, {"loss": ".4f"})
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
-    def save_outputs(run_dir) -> None:
-        out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
-        base.save_role("policy", out)
-        tokenizer.save_pretrained(out)
-
-    return finish_run(run, save, save_outputs, evaluate_policy, eval_before, trainable, total, lambda eval_after: {
+    return finish_run(run, save, lambda run_dir: save_policy(base, run_dir), evaluate_policy, eval_before, trainable, total, lambda eval_after: {
         "loss_type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "precompute_reference": cfg.dpo.precompute_reference,
         "skipped_rows": skipped.total, "memory_bytes": memory_report(base, optimizer),
     }, model=base)

@@ -64,10 +64,10 @@ from align.losses.policy import (
 from align.memory import memory_report, peak_bytes
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate,
-    finish_run, load_shared_base, log_eval, make_optimizer, make_scheduler, resume_step, start_run,
+    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
+    evaluate, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
+    start_run,
 )
-from align.tracking import progress
 
 # ---------------------------------------------------------------- PPO's own pieces: values, GAE, loss
 
@@ -222,17 +222,15 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
             acc.wait_for_everyone()
         return metrics
 
-    run.print(
+
+    # ---- loop -----------------------------------------------------------------------------------
+    headline = (
         f"ppo {cfg.mode}: {trainable:,} trainable of {total:,} parameters (policy + value); reward {cfg.rollout.reward}"
         f"{f' (gold: {cfg.rollout.gold_reward})' if cfg.rollout.gold_reward else ''}; {len(train_rows)} prompts "
         f"({skipped.total} skipped); lr policy {policy_lr:.3g} value {value_lr:.3g}; {cfg.train.steps} iterations x "
-        f"{updates_per_iteration} updates; run dir {run.run_dir}"
+        f"{updates_per_iteration} updates"
     )
-    eval_before = evaluate_policy() if start_step == 0 else {}
-    log_eval(run, eval_before, 0)
-
-    # ---- loop -----------------------------------------------------------------------------------
-    bar = progress(total=cfg.train.steps, desc="ppo", initial=start_step)
+    eval_before, bar = start_loop(run, start_step, evaluate_policy, "ppo", headline)
     for step in range(start_step, cfg.train.steps):
         t_start = time.time()
         # ---- rollout and experience (this process's share of the prompts)
@@ -272,16 +270,12 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         metrics.update({"kl_coef": kl_coef_used, "lr": scheduler.get_last_lr()[0], "lr_value": scheduler.get_last_lr()[1],
                         "time/iteration": seconds, "tokens_per_s": response_tokens / max(seconds, 1e-9),
                         "peak_memory_bytes": float(peak_bytes()), **skipped.as_dict()})
-        bar.update(1)
-        bar.set_postfix(score=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl']:.3f}")
-        end_of_step(run, step + 1, metrics, evaluate_policy, save)
+        end_of_step(run, step + 1, metrics, evaluate_policy, save, bar, {"reward/score": ".3f", "kl": ".3f"})
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
     def save_outputs(run_dir) -> None:
-        out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
-        base.save_role("policy", out)
-        tokenizer.save_pretrained(out)
+        save_policy(base, run_dir)
         base.save_role("value", run_dir / "value")
 
     return finish_run(run, save, save_outputs, evaluate_policy, eval_before, trainable, total, lambda eval_after: {

@@ -13,7 +13,8 @@ hidden state does not carry answer correctness. One step, for every micro-batch 
     scores    r(prompt + chosen), r(prompt + rejected): one forward over the 2B rows   (2B,)
     loss      Bradley-Terry, -log sigmoid(r_c - r_r [- margin]), a mean over the micro-batch,
               rescaled by micro / global pairs so that the sum over micro-batches and processes
-              is the mean over the GLOBAL batch (batch 8 == 4 x 2 accumulation == 2 processes x 4)
+              is the mean over the GLOBAL batch (batch 8 == 4 x 2 accumulation == 2 processes x 4;
+              `common.accumulated_step`, shared with DPO)
 Gradients of the adapter and head are averaged over processes by an explicit all-reduce
 (`common.all_reduce_gradients`; the head lives outside the model, so no DDP wrapper).
 The base model's own dropout is removed first (`align.dropout`, as TRL's reward trainer does;
@@ -43,17 +44,16 @@ from typing import Any
 import torch
 
 from align.config import RecipeConfig
-from align.data.batching import BatchStream, chunks, collate_pairs, shard
+from align.data.batching import BatchStream, collate_pairs
 from align.data.loading import PairExample, SkipCounter, load_examples
 from align.losses import bradley_terry_loss
 from align.memory import count_parameters, memory_report
 from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, finish_run, global_step_means,
-    load_shared_base, log_eval, make_optimizer, make_scheduler, peak_memory_bytes, resume_step, start_run,
+    TrainResult, accumulated_step, checkpoint_saver, end_of_step, finish_run, load_shared_base, make_optimizer,
+    make_scheduler, peak_memory_bytes, resume_step, start_loop, start_run,
 )
-from align.tracking import progress
 
 ROLE = "reward"
 
@@ -135,43 +135,33 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
     def evaluate_rm() -> dict[str, float]:
         return eval_pairs(base, eval_examples, margin, pad_id)
 
-    run.print(
-        f"reward model {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train pairs, "
-        f"{len(eval_examples)} eval pairs ({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}; "
-        f"run dir {run.run_dir}"
-    )
-    eval_before = evaluate_rm() if start_step == 0 else {}
-    log_eval(run, eval_before, 0)
     memory_after_backward: dict[str, int] | None = None
 
     # ---- loop -----------------------------------------------------------------------------------
-    bar = progress(total=cfg.train.steps, desc="reward", initial=start_step)
+    headline = (
+        f"reward model {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train pairs, "
+        f"{len(eval_examples)} eval pairs ({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}"
+    )
+    eval_before, bar = start_loop(run, start_step, evaluate_rm, "reward", headline)
     for step in range(start_step, cfg.train.steps):
         t0 = time.time()
-        global_rows = stream.batch(step)
-        global_pairs = len(global_rows)
-        sums: dict[str, torch.Tensor] = {}
-        tokens = torch.zeros((), device=acc.device)
-        for micro_rows in chunks(shard(global_rows, run.rank, run.world), cfg.train.grad_accum):
+
+        def micro_loss(micro_rows: list[int]):
             batch = {k: v.to(acc.device) for k, v in collate_pairs([train_examples[r] for r in micro_rows], pad_id).items()}
             chosen_B, rejected_B = pair_scores(base, batch)
             loss, stats = bradley_terry_loss(chosen_B, rejected_B, _margins(train_examples, micro_rows, margin, acc.device))
-            # micro-batch mean x (micro pairs / global pairs) sums to the global-batch mean over
-            # micro-batches and processes; x world because all_reduce_gradients AVERAGES over processes.
-            (loss * (len(micro_rows) * run.world / global_pairs)).backward()
-            for k, v in {"loss": loss.detach(), **stats}.items():
-                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * len(micro_rows)
-            tokens += batch["attention_mask"].sum()
-        all_reduce_gradients(params, acc)
-        if memory_after_backward is None:
-            memory_after_backward = memory_report(base, optimizer)  # gradients are alive here
-        grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
-        metrics, global_tokens = global_step_means(acc, sums, tokens, global_pairs)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
+            return loss, stats, len(micro_rows), batch["attention_mask"].sum()
+
+        def record_memory() -> None:  # gradients are alive here, once
+            nonlocal memory_after_backward
+            if memory_after_backward is None:
+                memory_after_backward = memory_report(base, optimizer)
+
+        metrics, global_tokens, grad_norm = accumulated_step(run, stream.batch(step), micro_loss, params, optimizer, scheduler,
+                                                             after_backward=record_memory)
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                         "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()})
-        end_of_step(run, step + 1, metrics, evaluate_rm, save)
+        end_of_step(run, step + 1, metrics, evaluate_rm, save, bar, {"loss": ".4f", "accuracy": ".2f"})
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------

@@ -29,10 +29,9 @@ from align.memory import count_parameters
 from align.models import load_model_and_tokenizer
 from align.modes import eval_mode
 from align.trainers.common import (
-    TrainResult, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, log_eval, make_optimizer,
-    make_scheduler, resume_step, start_run,
+    TrainResult, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, make_optimizer, make_scheduler,
+    resume_step, start_loop, start_run,
 )
-from align.tracking import progress
 
 
 def causal_lm_nll_sum(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -101,16 +100,14 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
         metrics = {"loss": eval_loss(model, eval_examples, tokenizer.pad_token_id, completion_only, 64)} if eval_examples else {}
         return {**metrics, **evaluate(run, model, tokenizer)}
 
-    run.print(
-        f"sft {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train rows "
-        f"({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}; run dir {run.run_dir}"
-    )
-    eval_before = evaluate_model() if start_step == 0 else {}
-    log_eval(run, eval_before, 0)
     micro_batches_per_step = cfg.train.grad_accum
 
     # ---- loop -----------------------------------------------------------------------------------
-    bar = progress(total=cfg.train.steps, desc="sft", initial=start_step)
+    headline = (
+        f"sft {cfg.mode}: {trainable:,} trainable of {total:,} parameters; {len(train_examples)} train rows "
+        f"({skipped.total} skipped); lr {run.derived['learning_rate']:.3g}"
+    )
+    eval_before, bar = start_loop(run, start_step, evaluate_model, "sft", headline)
     for step in range(start_step, cfg.train.steps):
         t0 = time.time()
         global_rows = stream.batch(step)
@@ -130,11 +127,9 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
             nll_total += nll.detach()
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
         loss = float(acc.reduce(nll_total, reduction="sum")) / global_tokens
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
         metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "tokens_per_s": global_tokens / max(time.time() - t0, 1e-9), **skipped.as_dict()}
-        end_of_step(run, step + 1, metrics, evaluate_model, save)
+        end_of_step(run, step + 1, metrics, evaluate_model, save, bar, {"loss": ".4f"})
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------
