@@ -64,13 +64,15 @@ def position_ids_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     return position_ids_BT.masked_fill(attention_mask_BT == 0, 1)
 
 
-def last_token_index(attention_mask_BT: torch.Tensor) -> torch.Tensor:
-    """Index of the last real (mask = 1) token of each row; right and left padding both work."""
-    T = attention_mask_BT.shape[1]
-    positions_BT = torch.arange(T, device=attention_mask_BT.device).expand_as(attention_mask_BT)
-    index_B = torch.where(attention_mask_BT.bool(), positions_BT, -1).max(dim=1).values
+def last_token_index(mask_BT: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a mask (the last real token of an attention mask, the
+    last response token of a response mask); right and left padding both work. A row without a 1
+    is a ValueError."""
+    T = mask_BT.shape[1]
+    positions_BT = torch.arange(T, device=mask_BT.device).expand_as(mask_BT)
+    index_B = torch.where(mask_BT.bool(), positions_BT, -1).max(dim=1).values
     if (index_B < 0).any():
-        raise ValueError("a row of attention_mask has no real token")
+        raise ValueError("a row of the mask has no 1: every row needs at least one response token (of an attention mask: one real token)")
     return index_B
 
 

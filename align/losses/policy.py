@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from align.logprobs import last_token_index  # the one definition, used by per_token_rewards
+
 Stats = dict[str, torch.Tensor]
 
 
@@ -104,15 +106,6 @@ def get_kl_estimator(name: str) -> KLEstimator:
 # --------------------------------------------------------------------------------------------------
 # Rewards and advantages
 # --------------------------------------------------------------------------------------------------
-
-
-def last_token_index(mask_BT: torch.Tensor) -> torch.Tensor:
-    """Index of the last true entry of each row; a row without one is an error."""
-    mask_BT = mask_BT.bool()
-    if not bool(mask_BT.any(dim=1).all()):
-        raise ValueError("every row needs at least one response token (mask_BT has an all-zero row)")
-    positions_T = torch.arange(1, mask_BT.size(1) + 1, device=mask_BT.device)
-    return (mask_BT * positions_T).argmax(dim=1)  # largest position with mask true
 
 
 def per_token_rewards(
