@@ -19,6 +19,7 @@ cannot build it and says to run `align build-base` first.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -33,15 +34,19 @@ def _train(args: argparse.Namespace) -> str:
         from align.build_base import ensure_builtin_base
 
         ensure_builtin_base(cfg.model)
-    if cfg.method == "sft":
-        from align.trainers.sft import train_sft as trainer
-    elif cfg.method == "reward":
-        from align.trainers.reward import train_reward as trainer
-    elif cfg.method == "dpo":
-        from align.trainers.dpo import train_dpo as trainer
-    else:
-        from align.trainers.ppo import train_ppo as trainer
+    module_name, function_name = TRAINERS[cfg.method]
+    trainer = getattr(importlib.import_module(module_name), function_name)
     return trainer(cfg).run_dir
+
+
+# method -> (module, function): imported on use, so a run loads only its own trainer.
+TRAINERS = {
+    "sft": ("align.trainers.sft", "train_sft"),
+    "reward": ("align.trainers.reward", "train_reward"),
+    "dpo": ("align.trainers.dpo", "train_dpo"),
+    "ppo": ("align.trainers.ppo", "train_ppo"),
+    "grpo": ("align.trainers.grpo", "train_grpo"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

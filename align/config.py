@@ -164,6 +164,22 @@ class PPOSettings:
     value_init_from_reward: bool = _f(False, "Initialise the value adapter and head from the reward model.")
 
 
+@dataclass
+class GRPOSettings:
+    """Critic-free RL (the GRPO family): G completions per prompt, advantages from the group."""
+
+    prompts_per_iteration: int = _f(16, "Prompts sampled per iteration (all processes); each gets group_size completions.")
+    group_size: int = _f(8, "Completions per prompt (G), sampled in one batched generation.")
+    minibatch_size: int = _f(64, "Completions per optimizer step (all processes); a multiple of group_size that divides prompts_per_iteration x group_size.")
+    epochs: int = _f(1, "Passes over each generation batch (TRL's num_iterations); the importance ratio is 1 on the first.")
+    advantage: Literal["grpo", "rloo", "dr_grpo"] = _f("grpo", "Advantage estimator (align.losses.grpo.ADVANTAGE_ESTIMATORS): group mean and std, leave-one-out mean, group mean only.")
+    batch_std: bool = _f(False, "Divide centred rewards by the std of the whole batch instead of the group's (TRL's scale_rewards=batch).")
+    loss_aggregation: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = _f("grpo", "How token losses are averaged (align.losses.grpo.LOSS_AGGREGATIONS): per-sequence token mean then mean over sequences; per-micro-batch token mean; token mean over the global batch; sum / (sequences x max_new_tokens).")
+    clip_low: float = _f(0.2, "Lower clip of the importance ratio: 1 - clip_low.")
+    clip_high: float = _f(0.2, "Upper clip of the importance ratio: 1 + clip_high (DAPO's clip-higher uses 0.28).")
+    drop_zero_variance_groups: bool = _f(False, "Leave out groups whose rewards are all equal (no signal; DAPO's dynamic-sampling filter); their fraction is logged either way.")
+
+
 # Keys that moved, for a message that says where (an old recipe is an error, never silently ignored).
 MOVED_KEYS = {
     **{f"ppo.{k}": f"rollout.{k}" for k in (
@@ -175,7 +191,7 @@ MOVED_KEYS = {
 
 @dataclass
 class RecipeConfig:
-    method: Literal["sft", "reward", "dpo", "ppo"] = _f("sft", "Training method.")
+    method: Literal["sft", "reward", "dpo", "ppo", "grpo"] = _f("sft", "Training method.")
     mode: Literal["lora", "full"] = _f("lora", "lora: train adapters on a frozen base; full: full fine-tuning.")
     model: str = _f("builtin:tiny-arith", "Built-in base name, Hugging Face model id, or local path.")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weight dtype of the base model (bfloat16 on GPUs that support it).")
@@ -192,6 +208,7 @@ class RecipeConfig:
     dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"doc": "DPO settings."})
     rollout: RolloutSettings = field(default_factory=RolloutSettings, metadata={"doc": "On-policy sampling, reward and KL (PPO and later RL methods)."})
     ppo: PPOSettings = field(default_factory=PPOSettings, metadata={"doc": "PPO settings."})
+    grpo: GRPOSettings = field(default_factory=GRPOSettings, metadata={"doc": "GRPO-family settings."})
 
     # ---- derived values: computed here, once, and logged -------------------------------------
     def derived(self, num_processes: int = 1) -> dict[str, Any]:
@@ -395,10 +412,24 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("ppo.kl_target/kl_horizon", "must be positive for the adaptive KL controller")
         if p.value_init_from_reward and not reward_spec(cfg).uses_learned:
             bad("ppo.value_init_from_reward", "needs a learned reward (rollout.reward: learned) to copy from")
+    if cfg.method == "grpo":
+        g = cfg.grpo
+        if g.group_size < 2:
+            bad("grpo.group_size", f"must be at least 2 (advantages compare completions of one prompt), got {g.group_size}")
+        if g.prompts_per_iteration < 1 or g.minibatch_size < 1 or g.epochs < 1:
+            bad("grpo", "prompts_per_iteration, minibatch_size and epochs must be at least 1")
+        if g.minibatch_size % g.group_size:
+            bad("grpo.minibatch_size", f"({g.minibatch_size}) must be a multiple of grpo.group_size ({g.group_size}): "
+                                       "a minibatch holds whole groups")
+        if (g.prompts_per_iteration * g.group_size) % g.minibatch_size:
+            bad("grpo.minibatch_size", f"({g.minibatch_size}) must divide prompts_per_iteration x group_size "
+                                       f"({g.prompts_per_iteration * g.group_size})")
+        if not 0 <= g.clip_low < 1 or g.clip_high < 0:
+            bad("grpo.clip_low/clip_high", "clip_low must be in [0, 1) and clip_high at least 0")
 
 
 # Methods that sample from the policy and read the `rollout:` section.
-ON_POLICY_METHODS = ("ppo",)
+ON_POLICY_METHODS = ("ppo", "grpo")
 
 
 def reward_spec(cfg: RecipeConfig):

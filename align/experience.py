@@ -16,8 +16,9 @@ What it does:
   from the one log-prob path (`SharedBase.logprobs`); used for the rollout and for the update;
 - `evaluate_prompts(...)`: greedy and sampled reward on held-out prompts (prompt files, where no
   built-in task checks answers);
-- `eos_token_ids`, `sampling_generator`: the stop tokens, and a generator seeded by (seed,
-  iteration, rank, purpose) so a resumed run samples exactly what an unbroken one did.
+- `eos_token_ids`, `sampling_generator`, `completion_generators`: the stop tokens, and generators
+  seeded by (seed, iteration, rank, purpose) or per completion by its global index, so a resumed
+  run samples exactly what an unbroken one did (and, per completion, whatever the process count).
 
 Tensor names: `_BL` = prompt + response columns (L = P + T), `_BT` = response tokens only.
 Token t of the response sits at column P + t and is predicted by the hidden state at P + t - 1.
@@ -77,6 +78,13 @@ def sampling_generator(seed: int, step: int, rank: int, purpose: int = 0) -> tor
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 7 + purpose)
 
 
+def completion_generators(seed: int, step: int, indices: list[int]) -> list[torch.Generator]:
+    """One generator per completion, seeded by (seed, iteration, the completion's GLOBAL index in
+    the iteration's batch): what a completion samples depends neither on the process that samples
+    it nor on the rows beside it, so 2 processes sample exactly what 1 process samples."""
+    return [torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + i) * 7 + 2) for i in indices]
+
+
 def response_logprobs(base, role: str, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor,
                       response_mask_BT: torch.Tensor, temperature: float, with_entropy: bool = False):
     """Log-probs (B, T) of the response tokens under `role` at `temperature` (0 off the response),
@@ -116,10 +124,11 @@ def _mean(values) -> float:
 
 
 @torch.no_grad()
-def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, generator: torch.Generator,
+def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, generator: torch.Generator | list[torch.Generator],
                      eos_ids: list[int], reference: bool = True) -> Samples:
     """Sample one response per row from the policy, score it, and compute old (and reference)
-    log-probs (module docstring)."""
+    log-probs (module docstring). `generator`: one for the batch, or one per row (each row's
+    response then depends only on its own generator, not on the batch it shares)."""
     r = cfg.rollout
     prompts, answers = [row["prompt"] for row in rows], [row["answer"] for row in rows]
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
@@ -128,7 +137,8 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
     t0 = time.time()
     rollout = base.generate(
         "policy", rendered, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-        batch_size=max(len(rendered), 1), generator=generator, add_special_tokens=not cfg.data.chat_template,
+        batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
+        **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
         eos_token_ids=eos_ids, progress=False,
     )
     t_rollout = time.time() - t0

@@ -71,7 +71,7 @@ def _next_tokens(
     temperature: float,
     top_p: float,
     do_sample: bool,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
 ) -> torch.Tensor:
     if not do_sample or temperature == 0.0:
         return logits_BV.argmax(dim=-1)
@@ -84,9 +84,17 @@ def _next_tokens(
         sorted_logits_BV = sorted_logits_BV.masked_fill(mass_before_BV >= top_p, float("-inf"))
         logits_BV = torch.full_like(logits_BV, float("-inf")).scatter(-1, sorted_index_BV, sorted_logits_BV)
     probs_BV = logits_BV.softmax(dim=-1)
+    if isinstance(generator, (list, tuple)):  # one generator per row: a row's sample ignores the others
+        return torch.cat([_sample_row(probs_1V, g) for probs_1V, g in zip(probs_BV.split(1), generator)])
     if generator is not None and generator.device.type != probs_BV.device.type:
         return torch.multinomial(probs_BV.to(generator.device), 1, generator=generator).squeeze(-1).to(probs_BV.device)
     return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+
+
+def _sample_row(probs_1V: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if generator.device.type != probs_1V.device.type:
+        return torch.multinomial(probs_1V.to(generator.device), 1, generator=generator).squeeze(-1).to(probs_1V.device)
+    return torch.multinomial(probs_1V, 1, generator=generator).squeeze(-1)
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -118,7 +126,7 @@ def _generate_batch(
     stop_strings: Sequence[str] | None,
     eos_ids: torch.Tensor,
     pad_id: int,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode one left-padded batch; returns (response_ids_BT, response_mask_BT, stopped_B)."""
     B = prompt_ids_BP.shape[0]
@@ -171,6 +179,7 @@ def generate(
     batch_size: int = 64,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    row_generators: Sequence[torch.Generator] | None = None,
     add_special_tokens: bool = True,
     eos_token_ids: Sequence[int] | None = None,
     progress: bool | None = None,
@@ -179,11 +188,19 @@ def generate(
 
     `do_sample=False` or `temperature=0` is greedy decoding. Sampling is reproducible when a
     `generator` (or a `seed`, which makes one) is given; otherwise it uses the global RNG.
+    `row_generators` (one per prompt) instead samples each row from its own generator, so a row's
+    response does not depend on which other rows share its batch or process (what makes a
+    multi-process RL run sample exactly what a one-process run samples).
     `eos_token_ids` defaults to the tokenizer's EOS. `progress=None` shows a bar only on a terminal.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = next(model.parameters()).device
+    if row_generators is not None:
+        if generator is not None or seed is not None:
+            raise ValueError("pass row_generators, or generator/seed, not both")
+        if len(row_generators) != len(prompts):
+            raise ValueError(f"got {len(row_generators)} row generators for {len(prompts)} prompts")
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     if eos_token_ids is None:
@@ -203,7 +220,8 @@ def generate(
             prompt_mask_BP = encoded["attention_mask"].to(device)
             response = _generate_batch(model, tokenizer, prompt_ids_BP, prompt_mask_BP, max_new_tokens,
                                        temperature, top_p, do_sample, stop_strings, eos_ids, pad_id,
-                                       generator)
+                                       list(row_generators[start:start + batch_size]) if row_generators is not None
+                                       else generator)
             chunks.append((prompt_ids_BP, prompt_mask_BP) + response)
 
     # ---- stitch the chunks: prompts left-padded to the longest, responses right-padded

@@ -1,0 +1,208 @@
+"""Critic-free RL on ONE frozen base: GRPO, RLOO, Dr. GRPO and DAPO-style losses, picked by settings.
+
+Run: `align train recipes/grpo_lora.yaml` (verifiable arithmetic reward), `recipes/grpo_lora_rm.yaml`
+(learned reward role + gold rule beside it), `recipes/grpo_full.yaml` (the FullFT baseline: the same
+code with full copies); 2 processes: `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml
+-m align.cli train recipes/grpo_lora.yaml`.
+
+Roles (`align.shared_base`): the policy (a trainable LoRA adapter, or started from
+`rollout.init_adapter`) and its reference (the base with adapters off, or the frozen start adapter);
+for a reward naming `learned`, the frozen reward role. No critic: nothing else is in memory.
+
+One iteration (`train.steps` of them):
+    rollout     `grpo.prompts_per_iteration` prompts x `grpo.group_size` completions, sampled in
+                one batched generation (KV cache) from the policy; each completion from its own
+                generator seeded by its global index, so what is sampled does not depend on the
+                number of processes; scored by `rollout.reward` (a response without EOS gets
+                `rollout.no_stop_penalty`); old log-probs, and reference log-probs only when
+                `rollout.kl_coef` is not 0 (`align.experience.sample_and_score`)
+    advantages  from each prompt's group (`grpo.advantage`: grpo, rloo, dr_grpo; `grpo.batch_std`);
+                groups whose rewards are all equal carry no signal: their fraction is logged and,
+                with `grpo.drop_zero_variance_groups`, they are left out of the loss
+    update      `grpo.epochs` passes over the generation batch in minibatches of
+                `grpo.minibatch_size` completions (whole groups; each process holds its share of
+                every minibatch): clipped importance ratio with `grpo.clip_low` / `clip_high`,
+                + kl_coef x KL (`rollout.kl_estimator`, k3 in the recipes) in the loss,
+                aggregated by `grpo.loss_aggregation` over the GLOBAL minibatch
+                (`align.losses.grpo`); gradients averaged over processes, clipped, one AdamW step
+
+The pieces are pure functions in `align.losses.grpo` (checked against TRL's GRPOTrainer in
+tests/test_grpo_trl_oracle.py). Dropout: the base model's own is removed (`align.dropout`) unless
+`train.model_dropout`; sampling and old log-probs run in eval mode, the update in train mode.
+
+Left out: vLLM generation, multi-turn/tool rollouts, sequence-level importance sampling (GSPO),
+entropy bonuses, resampling to replace dropped groups (DAPO's dynamic sampling refills the batch;
+here a dropped group is simply left out of the loss).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from align.config import RecipeConfig
+from align.data.batching import BatchStream, chunks, shard
+from align.data.loading import SkipCounter
+from align.data.prompts import load_prompt_rows
+from align.experience import (
+    RolloutRewards, completion_generators, eos_token_ids, evaluate_prompts, response_logprobs, sample_and_score,
+)
+from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
+from align.memory import count_parameters, memory_report, peak_bytes
+from align.trainers.common import (
+    TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
+    evaluate, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
+    start_run,
+)
+
+
+def local_prompt_positions(num_prompts: int, prompts_per_minibatch: int, rank: int, world: int) -> list[int]:
+    """Positions in the iteration's prompt list that this process samples: its share of EVERY
+    minibatch, so each minibatch is split evenly over the processes and no rows ever move."""
+    positions: list[int] = []
+    for start in range(0, num_prompts, prompts_per_minibatch):
+        positions += shard(list(range(start, start + prompts_per_minibatch)), rank, world)
+    return positions
+
+
+def _global_sums(acc, values: list[float]) -> list[float]:
+    """Sums over processes of a list of local numbers (one all-reduce)."""
+    return acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
+
+
+def train_grpo(cfg: RecipeConfig) -> TrainResult:
+    # ---- setup ----------------------------------------------------------------------------------
+    run = start_run(cfg)
+    acc, g, r = run.accelerator, cfg.grpo, cfg.rollout
+    prompts_per_minibatch = g.minibatch_size // g.group_size
+    if prompts_per_minibatch % run.world:
+        raise SystemExit(f"grpo.minibatch_size / grpo.group_size ({prompts_per_minibatch} prompts per minibatch) "
+                         f"must divide by the {run.world} processes")
+    base = load_shared_base(cfg, run)
+    add_policy_and_reference(base, "rollout.init_adapter", r.init_adapter)
+    rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
+    policy_model, tokenizer = base.role_model("policy"), base.tokenizer
+    policy_model.eval()  # eval mode except during the update's forward passes
+    eos_ids = eos_token_ids(base.model, tokenizer)
+    uses_reference = r.kl_coef != 0.0  # at 0, no reference forward runs at all
+
+    skipped = SkipCounter()
+    train_rows = load_prompt_rows(cfg, "train", skipped)
+    if not train_rows:
+        raise SystemExit("no GRPO prompts: set data.task or data.train_file")
+    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
+    stream = BatchStream(len(train_rows), g.prompts_per_iteration, cfg.train.seed)
+    minibatches = g.prompts_per_iteration // prompts_per_minibatch
+    local_group_rows = prompts_per_minibatch // run.world * g.group_size  # this process's rows of one minibatch
+
+    params = base.trainable_parameters("policy")
+    trainable_ids = {id(p) for p in params}
+    named_params = [(n, p) for n, p in policy_model.named_parameters() if id(p) in trainable_ids]
+    trainable, total = count_parameters(policy_model)
+    optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
+    total_updates = cfg.train.steps * minibatches * g.epochs  # derived once: the schedule's length
+    scheduler = make_scheduler(optimizer, cfg, total_updates)
+
+    optimizers, schedulers = {"policy": optimizer}, {"policy": scheduler}
+    start_step = resume_step(run, named_params, optimizers, schedulers)
+    save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role("policy", d))
+
+    def evaluate_policy() -> dict[str, float]:
+        with base.role("policy") as m:  # built-in task: greedy/sampled accuracy, policy adapter active
+            metrics = evaluate(run, m, tokenizer)
+        if eval_rows:  # a prompt file: the training reward of greedy/sampled responses
+            metrics = evaluate_prompts(base, eval_rows, rewards.train, cfg, eos_ids) if run.is_main else {}
+            acc.wait_for_everyone()
+        return metrics
+
+    # ---- loop -----------------------------------------------------------------------------------
+    headline = (
+        f"grpo/{g.advantage}/{g.loss_aggregation} {cfg.mode}: {trainable:,} trainable of {total:,} parameters; "
+        f"reward {r.reward}{f' (gold: {r.gold_reward})' if r.gold_reward else ''}; {len(train_rows)} prompts "
+        f"({skipped.total} skipped); {g.prompts_per_iteration} prompts x {g.group_size} completions per iteration, "
+        f"{minibatches * g.epochs} updates each; lr {run.derived['learning_rate']:.3g}; kl_coef {r.kl_coef}"
+    )
+    eval_before, bar = start_loop(run, start_step, evaluate_policy, "grpo", headline)
+    for step in range(start_step, cfg.train.steps):
+        t_start = time.time()
+        # ---- rollout: this process's share of every minibatch's prompts, G completions each
+        prompt_ids = stream.batch(step)
+        positions = local_prompt_positions(len(prompt_ids), prompts_per_minibatch, run.rank, run.world)
+        rows = [train_rows[prompt_ids[p]] for p in positions for _ in range(g.group_size)]
+        generators = completion_generators(cfg.train.seed, step, [p * g.group_size + j for p in positions
+                                                                   for j in range(g.group_size)])
+        samples = sample_and_score(base, rows, rewards, cfg, generators, eos_ids, reference=uses_reference)
+
+        # ---- advantages from each group; the zero-variance filter
+        scores_B = samples.scores_B
+        n, total_score, total_square = _global_sums(acc, [len(scores_B), float(scores_B.sum()), float((scores_B.double() ** 2).sum())])
+        reward_std = math.sqrt(max(total_square - total_score**2 / n, 0.0) / max(n - 1, 1))
+        advantages_B = group_advantages(scores_B, g.group_size, g.advantage, g.batch_std, reward_std)
+        zero_variance_N = group_stats(scores_B, g.group_size)
+        keep_B = (~zero_variance_N if g.drop_zero_variance_groups else torch.ones_like(zero_variance_N))
+        keep_B = keep_B.repeat_interleave(g.group_size).to(samples.response_mask_BT.dtype)
+        loss_mask_BT = samples.response_mask_BT * keep_B[:, None]
+        counts = []  # per minibatch: completions and tokens that count, summed over processes
+        for k in range(minibatches):
+            part = slice(k * local_group_rows, (k + 1) * local_group_rows)
+            counts += [float(keep_B[part].sum()), float(loss_mask_BT[part].sum())]
+        counts = _global_sums(acc, counts + [float(zero_variance_N.sum()), float(len(zero_variance_N))])
+
+        # ---- update: epochs x minibatches, each process its share, train mode
+        t0 = time.time()
+        policy_model.train()
+        sums: dict[str, float] = {}
+        grad_norms, updates = [], 0
+        for _ in range(g.epochs):
+            for k in range(minibatches):
+                sequences, tokens = counts[2 * k], counts[2 * k + 1]
+                if tokens == 0:  # every group of this minibatch was dropped, on every process
+                    continue
+                denominators = LossDenominators(sequences, tokens, r.max_new_tokens, cfg.train.grad_accum, run.world)
+                for micro in chunks(list(range(k * local_group_rows, (k + 1) * local_group_rows)), cfg.train.grad_accum):
+                    logps_BT, entropy_BT = response_logprobs(
+                        base, "policy", samples.input_ids_BL[micro], samples.attention_mask_BL[micro],
+                        samples.response_mask_BT[micro], r.temperature, with_entropy=True)
+                    loss, stats = grpo_loss(
+                        logps_BT, samples.old_logps_BT[micro], advantages_B[micro], loss_mask_BT[micro], denominators,
+                        g.loss_aggregation, g.clip_low, g.clip_high,
+                        samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator)
+                    # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
+                    (loss * run.world).backward()
+                    # the step's loss is the sum of every share: x world here, then the mean over processes
+                    stats["loss"] = loss.detach() * run.world * cfg.train.grad_accum
+                    stats["update_entropy"] = (entropy_BT * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + float(value) / cfg.train.grad_accum
+                all_reduce_gradients(params, acc)
+                grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
+                updates += 1
+        policy_model.eval()
+        local = {**samples.stats, **{k: v / max(updates, 1) for k, v in sums.items()}, "time/update": time.time() - t0}
+        local["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+
+        # ---- statistics over processes
+        keys = sorted(local)
+        reduced = acc.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
+        metrics = dict(zip(keys, reduced.tolist()))
+        response_tokens = metrics.pop("response_tokens") * run.world
+        seconds = time.time() - t_start
+        metrics.update({"reward/std": reward_std, "zero_variance_fraction": counts[-2] / max(counts[-1], 1.0),
+                        "updates": float(updates), "lr": scheduler.get_last_lr()[0], "kl_coef": r.kl_coef,
+                        "time/iteration": seconds, "tokens_per_s": response_tokens / max(seconds, 1e-9),
+                        "peak_memory_bytes": float(peak_bytes()), **skipped.as_dict()})
+        end_of_step(run, step + 1, metrics, evaluate_policy, save, bar, {"reward/score": ".3f", "zero_variance_fraction": ".2f"})
+    bar.close()
+
+    # ---- save -----------------------------------------------------------------------------------
+    return finish_run(run, save, lambda run_dir: save_policy(base, run_dir), evaluate_policy, eval_before, trainable, total,
+                      lambda eval_after: {
+                          "reward": r.reward, "gold_reward": r.gold_reward, "group_size": g.group_size,
+                          "prompts_per_iteration": g.prompts_per_iteration, "minibatch_size": g.minibatch_size,
+                          "epochs": g.epochs, "advantage": g.advantage, "loss_aggregation": g.loss_aggregation,
+                          "kl_coef": r.kl_coef, "completions": cfg.train.steps * g.prompts_per_iteration * g.group_size,
+                          "optimizer_updates": total_updates, "memory_bytes": memory_report(base, optimizer),
+                          "skipped_rows": skipped.total,
+                      }, model=base)
