@@ -90,6 +90,8 @@ FULL_PPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # extended up: 3e-4 won at the to
 LORA_PPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # FullFT's first grid x 10 (the "LoRA Without Regret" rule)
 # x ~3.16 grids, then refined around the best of each (5e-4, 2e-3 for FullFT; 2e-3, 5e-3 for
 # LoRA) after FullFT's best (1e-3) had one seed of three far below the others.
+FULL_GRPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # 100x, x ~3.16 per point
+LORA_GRPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x, around FullFT's grid x 10 (the "LoRA Without Regret" rule)
 FULL_RM_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3]
 LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 
@@ -123,6 +125,23 @@ STUDIES: dict[str, Study] = {
         smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "ppo.rollout_batch_size=8",
                          "ppo.minibatch_size=4", "rollout.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
                          "eval.max_new_tokens=4"],
+    ),
+    # GRPO (critic-free) on the arithmetic task with the verifiable reward (recipes/grpo_lora.yaml):
+    # the policy is an adapter of the given rank (full: a full copy); the claim under test is that
+    # RL is ~1 bit per episode, so rank 1 matches FullFT. Eval every 5 iterations for the curves.
+    "grpo": Study(
+        recipe="recipes/grpo_lora.yaml",
+        overrides=[
+            "optimizer.lr_rule=false",  # every LR here is the LR actually used
+            "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+        ],
+        configurations=_full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS),
+        metric="accuracy_sampled",
+        metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
+        secondary=["accuracy_greedy", "mean_response_length"],
+        smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "grpo.prompts_per_iteration=4",
+                         "grpo.group_size=4", "grpo.minibatch_size=8", "rollout.max_new_tokens=6", "data.num_train=64",
+                         "eval.num_prompts=8", "eval.max_new_tokens=4"],
     ),
     # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the
     # last_token+logprob head): the metric is pairwise accuracy on held-out pairs.
