@@ -52,3 +52,18 @@ def test_spread_mean_std_is_the_population_std():
     assert spread.mean_std([0.7, 0.8, 0.9]) == "0.800 ± 0.082"
     with pytest.raises(Exception):
         spread.mean_std([])
+
+
+@pytest.mark.slow
+def test_ppo_vs_grpo_writes_its_table(tmp_path):
+    import json
+
+    import ppo_vs_grpo
+
+    assert ppo_vs_grpo.main(["--seeds", "0", "--steps", "4", "--model", "scratch:test", "--runs-dir", str(tmp_path / "runs"),
+                             "--out", str(tmp_path / "out")]) == 0
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert set(table["methods"]) == {"ppo", "grpo"}
+    for entry in table["methods"].values():
+        assert entry["iterations_in_equal_time"][0] >= 0 and entry["state_bytes"][0] > 0
+    assert "| grpo |" in (tmp_path / "out" / "table.md").read_text()
