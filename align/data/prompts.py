@@ -144,3 +144,13 @@ def render_prompts(prompts: list[str], tokenizer, chat_template: bool) -> list[s
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
+
+
+def load_train_and_eval_prompts(cfg, skipped: SkipCounter) -> tuple[list[dict], list[dict]]:
+    """An on-policy run's prompts: the train split (none is a SystemExit naming what to set) and,
+    for a prompt file with evaluation on, its held-out prompts (a built-in task evaluates itself)."""
+    train_rows = load_prompt_rows(cfg, "train", skipped)
+    if not train_rows:
+        raise SystemExit(f"no {cfg.method.upper()} prompts: set data.task or data.train_file")
+    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
+    return train_rows, eval_rows

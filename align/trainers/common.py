@@ -259,6 +259,20 @@ def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, traina
     return TrainResult(str(run.run_dir), model, result)
 
 
+def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids: list[int]) -> dict[str, float]:
+    """The evaluation of an on-policy run (PPO, GRPO): on a built-in task, greedy and sampled
+    accuracy with the policy adapter active; on a prompt file (`eval_rows`), the training reward
+    of greedy and sampled responses (`align.experience.evaluate_prompts`), on the main process."""
+    with base.role("policy") as policy_model:
+        metrics = evaluate(run, policy_model, base.tokenizer)
+    if eval_rows:
+        from align.experience import evaluate_prompts
+
+        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids) if run.is_main else {}
+        run.accelerator.wait_for_everyone()
+    return metrics
+
+
 def peak_memory_bytes() -> int:
     from align.memory import peak_bytes
 

@@ -45,15 +45,15 @@ import torch
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, chunks, shard
 from align.data.loading import SkipCounter
-from align.data.prompts import load_prompt_rows
+from align.data.prompts import load_train_and_eval_prompts
 from align.experience import (
-    RolloutRewards, completion_generators, eos_token_ids, evaluate_prompts, response_logprobs, sample_and_score,
+    RolloutRewards, completion_generators, eos_token_ids, response_logprobs, sample_and_score,
 )
 from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
 from align.memory import count_parameters, memory_report, peak_bytes
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
-    evaluate, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
+    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
     start_run,
 )
 
@@ -89,10 +89,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     uses_reference = r.kl_coef != 0.0  # at 0, no reference forward runs at all
 
     skipped = SkipCounter()
-    train_rows = load_prompt_rows(cfg, "train", skipped)
-    if not train_rows:
-        raise SystemExit("no GRPO prompts: set data.task or data.train_file")
-    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
+    train_rows, eval_rows = load_train_and_eval_prompts(cfg, skipped)
     stream = BatchStream(len(train_rows), g.prompts_per_iteration, cfg.train.seed)
     minibatches = g.prompts_per_iteration // prompts_per_minibatch
     local_group_rows = prompts_per_minibatch // run.world * g.group_size  # this process's rows of one minibatch
@@ -110,12 +107,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role("policy", d))
 
     def evaluate_policy() -> dict[str, float]:
-        with base.role("policy") as m:  # built-in task: greedy/sampled accuracy, policy adapter active
-            metrics = evaluate(run, m, tokenizer)
-        if eval_rows:  # a prompt file: the training reward of greedy/sampled responses
-            metrics = evaluate_prompts(base, eval_rows, rewards.train, cfg, eos_ids) if run.is_main else {}
-            acc.wait_for_everyone()
-        return metrics
+        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids)
 
     # ---- loop -----------------------------------------------------------------------------------
     headline = (

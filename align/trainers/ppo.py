@@ -52,9 +52,9 @@ import torch
 from align.config import RecipeConfig
 from align.data.batching import BatchStream, shard
 from align.data.loading import SkipCounter
-from align.data.prompts import load_prompt_rows
+from align.data.prompts import load_train_and_eval_prompts
 from align.experience import (
-    RolloutRewards, Samples, eos_token_ids, evaluate_prompts, response_logprobs, sample_and_score, sampling_generator,
+    RolloutRewards, Samples, eos_token_ids, response_logprobs, sample_and_score, sampling_generator,
 )
 from align.lora import effective_learning_rate
 from align.losses.policy import (
@@ -65,7 +65,7 @@ from align.memory import memory_report, peak_bytes
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
-    evaluate, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
+    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
     start_run,
 )
 
@@ -176,13 +176,10 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
     base.add_value(init_from_reward=ppo.value_init_from_reward)
     _set_update_mode(base, False)  # eval mode except during the update's forward passes
-    tokenizer, eos_ids = base.tokenizer, eos_token_ids(base.model, base.tokenizer)
+    eos_ids = eos_token_ids(base.model, base.tokenizer)
 
     skipped = SkipCounter()  # prompt rows left out under data.bad_rows: skip, logged with the metrics
-    train_rows = load_prompt_rows(cfg, "train", skipped)
-    if not train_rows:
-        raise SystemExit("no PPO prompts: set data.task or data.train_file")
-    eval_rows = load_prompt_rows(cfg, "eval", skipped) if cfg.data.task is None and cfg.eval.enabled else []
+    train_rows, eval_rows = load_train_and_eval_prompts(cfg, skipped)
     stream = BatchStream(len(train_rows), ppo.rollout_batch_size, cfg.train.seed)
     local_rollout, local_minibatch = ppo.rollout_batch_size // run.world, ppo.minibatch_size // run.world
 
@@ -215,13 +212,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                             extra=lambda: {"kl_controller": kl_ctl.state_dict()})
 
     def evaluate_policy() -> dict[str, float]:
-        with base.role("policy") as policy_model:  # generation with the policy adapter active
-            metrics = evaluate(run, policy_model, tokenizer)  # built-in task: greedy/sampled accuracy
-        if eval_rows:  # a prompt file: the training reward of greedy/sampled responses
-            metrics = evaluate_prompts(base, eval_rows, rewards.train, cfg, eos_ids) if run.is_main else {}
-            acc.wait_for_everyone()
-        return metrics
-
+        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids)
 
     # ---- loop -----------------------------------------------------------------------------------
     headline = (
