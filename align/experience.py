@@ -102,7 +102,7 @@ class Samples:
     input_ids_BL: torch.Tensor
     attention_mask_BL: torch.Tensor
     response_mask_BT: torch.Tensor
-    old_logps_BT: torch.Tensor  # policy log-probs at sampling time (0 off the response)
+    old_logps_BT: torch.Tensor | None  # policy log-probs at sampling time (0 off the response; None when skipped)
     ref_logps_BT: torch.Tensor | None  # reference log-probs (None when not asked for)
     raw_scores_B: torch.Tensor  # what the reward gave
     scores_B: torch.Tensor  # with the no-stop penalty applied: what the method optimises
@@ -125,10 +125,13 @@ def _mean(values) -> float:
 
 @torch.no_grad()
 def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, generator: torch.Generator | list[torch.Generator],
-                     eos_ids: list[int], reference: bool = True) -> Samples:
+                     eos_ids: list[int], reference: bool = True, old_logprobs: bool = True) -> Samples:
     """Sample one response per row from the policy, score it, and compute old (and reference)
     log-probs (module docstring). `generator`: one for the batch, or one per row (each row's
-    response then depends only on its own generator, not on the batch it shares)."""
+    response then depends only on its own generator, not on the batch it shares).
+    `old_logprobs=False` skips the policy's no-grad forward, for a method that updates on each
+    completion exactly once right after sampling (the old log-probs are then the current ones,
+    detached, as TRL does); `reference=False` skips the reference's."""
     r = cfg.rollout
     prompts, answers = [row["prompt"] for row in rows], [row["answer"] for row in rows]
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
@@ -165,9 +168,10 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
     for start in range(0, len(rows), r.forward_batch_size):
         part = slice(start, start + r.forward_batch_size)
         chunk = (input_ids_BL[part], attention_mask_BL[part], response_mask_BT[part])
-        logps_BT, entropy_BT = response_logprobs(base, "policy", *chunk, r.temperature, with_entropy=True)
-        logps.append(logps_BT)
-        entropies.append(entropy_BT)
+        if old_logprobs:
+            logps_BT, entropy_BT = response_logprobs(base, "policy", *chunk, r.temperature, with_entropy=True)
+            logps.append(logps_BT)
+            entropies.append(entropy_BT)
         if reference:
             ref_logps.append(response_logprobs(base, "reference", *chunk, r.temperature)[0])
     t_forward = time.time() - t0
@@ -175,7 +179,6 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
     stats = {
         "reward/score": float(raw_score_B.mean()),
         "reward/score_with_penalty": float(score_B.mean()),
-        "entropy": float(masked_mean(torch.cat(entropies), response_mask_BT.bool())),
         "response_length": _mean(lengths),
         "no_stop_fraction": float((~rollout.stopped_B).float().mean()),
         "time/rollout": t_rollout,
@@ -183,12 +186,14 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
         "time/forward": t_forward,
         "response_tokens": float(sum(lengths)),
     }
+    if old_logprobs:
+        stats["entropy"] = float(masked_mean(torch.cat(entropies), response_mask_BT.bool()))
     if gold is not None:
         stats["reward/gold"] = _mean(gold)
     for key, per_row in scored.info.items():  # a weighted sum's terms, e.g. "learned/score"
         if key.endswith("/score"):
             stats[f"reward/{key.removesuffix('/score')}"] = _mean(per_row)
-    return Samples(input_ids_BL, attention_mask_BL, response_mask_BT, torch.cat(logps),
+    return Samples(input_ids_BL, attention_mask_BL, response_mask_BT, torch.cat(logps) if old_logprobs else None,
                    torch.cat(ref_logps) if reference else None, raw_score_B, score_B, stopped_B, rollout.texts, stats)
 
 

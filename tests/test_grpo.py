@@ -59,6 +59,21 @@ def test_lora_grpo_trains_only_the_policy_adapter_and_logs_its_figures(tmp_path)
     assert os.path.exists(os.path.join(result.run_dir, "adapter", "adapter_model.safetensors"))
 
 
+def test_one_pass_over_one_minibatch_skips_the_old_log_prob_forward(monkeypatch, tmp_path):
+    """epochs 1 and one minibatch per generation: every update is on-policy, so the old log-probs
+    are the update's own (detached), the ratio is exactly 1 and nothing is clipped."""
+    import align.experience as experience
+
+    calls = []
+    original = experience.response_logprobs
+    monkeypatch.setattr(experience, "response_logprobs", lambda base, role, *a, **k: calls.append(role) or original(base, role, *a, **k))
+    result = run(tmp_path, "on_policy", "grpo.minibatch_size=16", "rollout.kl_coef=0")
+    assert calls == []  # sample_and_score ran no policy (and no reference) forward
+    for row in (r for r in rows(result.run_dir) if "loss" in r):
+        assert row["ratio"] == 1.0 and row["clipped_region"] == 0.0 and row["updates"] == 1
+        assert row["entropy"] == row["update_entropy"] > 0
+
+
 def test_full_mode_trains_its_copy_and_keeps_the_base(tmp_path):
     result = run(tmp_path, "full", "mode=full", "optimizer.lr=0.001")
     base: SharedBase = result.model

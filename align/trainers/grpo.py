@@ -92,6 +92,9 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     train_rows, eval_rows = load_train_and_eval_prompts(cfg, skipped)
     stream = BatchStream(len(train_rows), g.prompts_per_iteration, cfg.train.seed)
     minibatches = g.prompts_per_iteration // prompts_per_minibatch
+    # One pass over one minibatch per generation: every update is on-policy, the importance ratio
+    # is 1, and the old log-probs are the update's own (detached); their forward is skipped.
+    on_policy_only = g.epochs == 1 and minibatches == 1
     local_group_rows = prompts_per_minibatch // run.world * g.group_size  # this process's rows of one minibatch
 
     params = base.trainable_parameters("policy")
@@ -125,7 +128,8 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         rows = [train_rows[prompt_ids[p]] for p in positions for _ in range(g.group_size)]
         generators = completion_generators(cfg.train.seed, step, [p * g.group_size + j for p in positions
                                                                    for j in range(g.group_size)])
-        samples = sample_and_score(base, rows, rewards, cfg, generators, eos_ids, reference=uses_reference)
+        samples = sample_and_score(base, rows, rewards, cfg, generators, eos_ids, reference=uses_reference,
+                                   old_logprobs=not on_policy_only)
 
         # ---- advantages from each group; the zero-variance filter
         scores_B = samples.scores_B
@@ -157,8 +161,9 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                     logps_BT, entropy_BT = response_logprobs(
                         base, "policy", samples.input_ids_BL[micro], samples.attention_mask_BL[micro],
                         samples.response_mask_BT[micro], r.temperature, with_entropy=True)
+                    old_logps_BT = logps_BT.detach() if on_policy_only else samples.old_logps_BT[micro]
                     loss, stats = grpo_loss(
-                        logps_BT, samples.old_logps_BT[micro], advantages_B[micro], loss_mask_BT[micro], denominators,
+                        logps_BT, old_logps_BT, advantages_B[micro], loss_mask_BT[micro], denominators,
                         g.loss_aggregation, g.clip_low, g.clip_high,
                         samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator)
                     # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
@@ -174,6 +179,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         policy_model.eval()
         local = {**samples.stats, **{k: v / max(updates, 1) for k, v in sums.items()}, "time/update": time.time() - t0}
         local["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        local.setdefault("entropy", local.get("update_entropy", 0.0))  # no old-log-prob forward: the update's
 
         # ---- statistics over processes
         keys = sorted(local)
