@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every figure of the README's "Results" that stands on the built-in base, re-measured in one go
-# (about 45 minutes on 2 cores). Run from the repository root after `pip install -e .`:
+# (about 70 minutes on 2 cores). Run from the repository root after `pip install -e .`:
 #     bash scripts/readme_figures.sh
 # Outputs: results/base_robustness/shipped/table.md, results/spread/*.md, results/rm_probe.txt,
-# results/rm_per_kind.txt. The parity studies (scripts/parity.py dpo|ppo|rm) are not rerun here:
-# they take 20-40 minutes each; the README says which base each was measured on.
+# results/rm_per_kind.txt, results/ppo_vs_grpo/, results/grpo_vs_trl/. The parity studies
+# (scripts/parity.py dpo|ppo|grpo|rm) are not rerun here: they take 20-50 minutes each; the README
+# says which base and which code each was measured on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled
@@ -32,3 +33,7 @@ python -m align.cli train recipes/rm_lora.yaml reward.readout=last_token output_
 python -m align.cli train recipes/rm_full.yaml reward.readout=last_token output_dir=runs/rm_full_last_token > /dev/null
 python scripts/rm_per_kind.py runs/rm_lora_last_token runs/rm_full_last_token | tee results/rm_per_kind_last_token.txt
 python -m align.cli train recipes/ppo_lora_rm.yaml rollout.reward_model=runs/rm_lora_last_token output_dir=runs/ppo_rm_last_token
+
+# PPO against GRPO at equal completions and equal time; our GRPO against TRL's GRPOTrainer.
+python scripts/ppo_vs_grpo.py
+python scripts/grpo_vs_trl.py
