@@ -116,6 +116,7 @@ STUDIES: dict[str, Study] = {
         recipe="recipes/ppo_lora.yaml",
         overrides=[
             "optimizer.lr_rule=false",  # every LR here is the LR actually used (policy and value)
+            "train.steps=30",  # the budget the study was measured at (the recipe now runs 50)
             "train.eval_every=10", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
         ],
         configurations=_full_and_lora(FULL_PPO_LRS, LORA_PPO_LRS),
@@ -133,7 +134,7 @@ STUDIES: dict[str, Study] = {
         recipe="recipes/grpo_lora.yaml",
         overrides=[
             "optimizer.lr_rule=false",  # every LR here is the LR actually used
-            "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+            "train.steps=60", "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
         ],
         configurations=_full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS),
         metric="accuracy_sampled",
