@@ -386,6 +386,20 @@ def accumulated_step(run: Run, global_rows: list[int], micro_loss, params, optim
     return metrics, global_tokens, grad_norm
 
 
+def mean_over_processes(run: Run, local: dict[str, float]) -> dict[str, float]:
+    """Each local number averaged over processes (one all-reduce; the identity with one process)."""
+    keys = sorted(local)
+    acc = run.accelerator
+    reduced = acc.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
+    return dict(zip(keys, reduced.tolist()))
+
+
+def sum_over_processes(run: Run, values: list[float]) -> list[float]:
+    """Each local number summed over processes (one all-reduce)."""
+    acc = run.accelerator
+    return acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
+
+
 def global_step_means(accelerator, sums: dict[str, torch.Tensor], tokens: torch.Tensor, count: int) -> tuple[dict[str, float], float]:
     """Per-step metrics over the GLOBAL batch: `sums` hold each metric times its micro-batch size,
     summed over this process's micro-batches; one all-reduce adds the processes, `count` divides.

@@ -53,8 +53,8 @@ from align.losses.grpo import LossDenominators, group_advantages, group_stats, g
 from align.memory import count_parameters, memory_report, peak_bytes
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
-    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
-    start_run,
+    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
+    resume_step, save_policy, start_loop, start_run, sum_over_processes,
 )
 
 
@@ -65,11 +65,6 @@ def local_prompt_positions(num_prompts: int, prompts_per_minibatch: int, rank: i
     for start in range(0, num_prompts, prompts_per_minibatch):
         positions += shard(list(range(start, start + prompts_per_minibatch)), rank, world)
     return positions
-
-
-def _global_sums(acc, values: list[float]) -> list[float]:
-    """Sums over processes of a list of local numbers (one all-reduce)."""
-    return acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
 
 
 def train_grpo(cfg: RecipeConfig) -> TrainResult:
@@ -133,7 +128,8 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
 
         # ---- advantages from each group; the zero-variance filter
         scores_B = samples.scores_B
-        n, total_score, total_square = _global_sums(acc, [len(scores_B), float(scores_B.sum()), float((scores_B.double() ** 2).sum())])
+        n, total_score, total_square = sum_over_processes(run, [len(scores_B), float(scores_B.sum()),
+                                                                float((scores_B.double() ** 2).sum())])
         reward_std = math.sqrt(max(total_square - total_score**2 / n, 0.0) / max(n - 1, 1))
         advantages_B = group_advantages(scores_B, g.group_size, g.advantage, g.batch_std, reward_std)
         zero_variance_N = group_stats(scores_B, g.group_size)
@@ -144,12 +140,12 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         for k in range(minibatches):
             part = slice(k * local_group_rows, (k + 1) * local_group_rows)
             counts += [float(keep_B[part].sum()), float(loss_mask_BT[part].sum())]
-        counts = _global_sums(acc, counts + [float(zero_variance_N.sum()), float(len(zero_variance_N))])
+        counts = sum_over_processes(run, counts + [float(zero_variance_N.sum()), float(len(zero_variance_N))])
 
         # ---- update: epochs x minibatches, each process its share, train mode
         t0 = time.time()
         policy_model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"loss": 0.0}
         grad_norms, updates = [], 0
         for _ in range(g.epochs):
             for k in range(minibatches):
@@ -169,9 +165,9 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                     # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
                     (loss * run.world).backward()
                     # the step's loss is the sum of every share: x world here, then the mean over processes
-                    stats["loss"] = loss.detach() * run.world * cfg.train.grad_accum
+                    sums["loss"] += float(loss) * run.world
                     stats["update_entropy"] = (entropy_BT * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)
-                    for key, value in stats.items():
+                    for key, value in stats.items():  # token means of each micro-batch, averaged
                         sums[key] = sums.get(key, 0.0) + float(value) / cfg.train.grad_accum
                 all_reduce_gradients(params, acc)
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
@@ -182,9 +178,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         local.setdefault("entropy", local.get("update_entropy", 0.0))  # no old-log-prob forward: the update's
 
         # ---- statistics over processes
-        keys = sorted(local)
-        reduced = acc.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
-        metrics = dict(zip(keys, reduced.tolist()))
+        metrics = mean_over_processes(run, local)
         response_tokens = metrics.pop("response_tokens") * run.world
         seconds = time.time() - t_start
         metrics.update({"reward/std": reward_std, "zero_variance_fraction": counts[-2] / max(counts[-1], 1.0),

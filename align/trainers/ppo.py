@@ -65,8 +65,8 @@ from align.memory import memory_report, peak_bytes
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
-    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop,
-    start_run,
+    evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
+    resume_step, save_policy, start_loop, start_run,
 )
 
 # ---------------------------------------------------------------- PPO's own pieces: values, GAE, loss
@@ -251,9 +251,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         local["grad_norm"] = sum(grad_norms) / len(grad_norms)
 
         # ---- statistics over processes, KL control
-        keys = sorted(local)
-        reduced = acc.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
-        metrics = dict(zip(keys, reduced.tolist()))
+        metrics = mean_over_processes(run, local)
         response_tokens = metrics.pop("response_tokens") * run.world
         kl_coef_used = kl_ctl.value
         kl_ctl.update(metrics["kl"], ppo.rollout_batch_size)
