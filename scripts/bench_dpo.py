@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from trl_timing import print_ratios, step_timer  # noqa: E402 (this folder)
+
 REPO = Path(__file__).resolve().parent.parent
 
 # ~61M parameters (tied embeddings): 8 layers, hidden 640, vocab 32000.
@@ -106,7 +108,6 @@ def run_ours(mode: str, steps: int) -> list[float]:
 
 def run_trl(steps: int, out_dir: str) -> list[float]:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from align.config import LoraSettings
@@ -116,12 +117,7 @@ def run_trl(steps: int, out_dir: str) -> list[float]:
     peft_config = peft_lora_config(model, LoraSettings(**LORA))
     times: list[float] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
+    StepTimer = step_timer(times)
 
     args = DPOConfig(
         output_dir=out_dir, report_to=[], use_cpu=True, bf16=False, beta=BETA, loss_type="sigmoid",
@@ -181,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':<10} {'step s (median)':>16} {'all timed steps':>28} {'peak RSS MB':>12}")
     for name, r in results.items():
         print(f"{name:<10} {r['step_s']:>16.3f} {' '.join(f'{t:.2f}' for t in r['times']):>28} {r['peak_bytes'] / 2**20:>12.0f}")
-    ours, trl, full = results["ours_lora"], results["trl_lora"], results["ours_full"]
-    print(f"time ours/trl: {ours['step_s'] / trl['step_s']:.3f}")
-    print(f"memory ours/trl: {ours['peak_bytes'] / trl['peak_bytes']:.3f}")
-    print(f"time lora/full: {ours['step_s'] / full['step_s']:.3f}")
+    print_ratios(results)
     return 0
 
 

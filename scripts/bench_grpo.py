@@ -61,6 +61,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_timing import print_ratios, step_timer  # noqa: E402 (this folder)
+
 REPO = Path(__file__).resolve().parent.parent
 
 # ~61M parameters (tied embeddings): 8 layers, hidden 640, vocab 32000 (as scripts/bench_dpo.py).
@@ -145,7 +147,6 @@ def run_ours(mode: str, model_name: str, warmup: int, steps: int, out_dir: str) 
 
 def run_trl(model_name: str, warmup: int, steps: int, out_dir: str) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from align.config import LoraSettings
@@ -162,13 +163,7 @@ def run_trl(model_name: str, warmup: int, steps: int, out_dir: str) -> dict:
     def format_reward(prompts, completions, **kw):
         return reward(prompts, completions).scores
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
-
+    class StepTimer(step_timer(times)):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/max_length" in logs:
                 assert logs["completions/min_length"] == logs["completions/max_length"] == COMPLETION_TOKENS, logs
@@ -260,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"{name:<10} {r['step_s']:>16.3f} {' '.join(f'{t:.2f}' for t in r['times']):>22} {r['generate_s']:>11.2f} "
               f"{r['old_logps_s']:>12.2f} {r['peak_bytes'] / 2**20:>9.0f}")
-    ours, trl, full = results["ours_lora"], results["trl_lora"], results["ours_full"]
-    print(f"time ours/trl: {ours['step_s'] / trl['step_s']:.3f}")
-    print(f"memory ours/trl: {ours['peak_bytes'] / trl['peak_bytes']:.3f}")
-    print(f"time lora/full: {ours['step_s'] / full['step_s']:.3f}")
+    print_ratios(results)
     return 0
 
 

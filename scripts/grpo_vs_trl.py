@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_timing import step_timer  # noqa: E402 (this folder)
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "grpo_lora.yaml"
 SMOKE = ["model=scratch:test", "data.num_train=64", "grpo.prompts_per_iteration=4", "grpo.group_size=4",
@@ -84,7 +86,6 @@ def run_ours(cfg) -> dict:
 def run_trl(cfg) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from align.data.prompts import load_prompt_rows
@@ -111,12 +112,7 @@ def run_trl(cfg) -> dict:
 
     times: list[float] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
+    StepTimer = step_timer(times)
 
     updates_per_generation = g.prompts_per_iteration * g.group_size // g.minibatch_size
     args = GRPOConfig(
