@@ -99,7 +99,9 @@ class TrackingSettings:
     project: str = _f("align", "wandb project.")
     run_name: Optional[str] = _f(None, "wandb run name (default: the run directory's name).")
     group: Optional[str] = _f(None, "wandb group.")
+    job_type: Optional[str] = _f(None, "wandb job type (a parity study: the configuration, e.g. lora_r4).")
     tags: list[str] = _f([], "wandb tags.")
+    samples: int = _f(8, "Sampled completions kept per evaluation and per RL iteration (samples.jsonl, wandb tables, `align report`); 0: none.")
 
 
 @dataclass

@@ -12,6 +12,9 @@ temperature 1. It returns
     mean_response_length mean number of sampled response tokens (EOS included)
     no_stop_fraction     fraction of sampled responses that hit `max_new_tokens` without EOS
 
+With a `samples` list it also hands back the sampled completions themselves (for samples.jsonl,
+wandb tables and `align report`); the metrics are the same with or without it.
+
 What it leaves out: reward-model accuracy on held-out pairs (the reward trainer reports it),
 perplexity.
 
@@ -34,10 +37,14 @@ def evaluate_task(
     seed: int = 0,
     max_new_tokens: int = 24,
     batch_size: int = 256,
+    samples: list | None = None,
 ) -> dict[str, float]:
     """Greedy and sampled (temperature 1) metrics of `model` on `n` prompts of `task`.
 
-    `task` is a task object or a built-in task name (`align.tasks.get_task`).
+    `task` is a task object or a built-in task name (`align.tasks.get_task`). `samples`, when
+    given, receives one dict per sampled completion (prompt, response, reward = correct or not,
+    gold = the task's score, length in tokens, stopped = ended with EOS), in prompt order; a
+    caller that keeps a few passes a list that keeps its first few (`Tracker.sample_sink`).
     """
     if isinstance(task, str):
         from align.tasks import get_task
@@ -55,11 +62,18 @@ def evaluate_task(
         values = [float(v) for v in values]
         return sum(values) / max(len(values), 1)
 
+    correct_sampled = task.correct(sampled.texts, answers)
+    gold_sampled = task.score(prompts, sampled.texts, answers)
+    if samples is not None:
+        lengths, stopped = sampled.response_lengths_B.tolist(), sampled.stopped_B.tolist()
+        for i, prompt in enumerate(prompts):
+            samples.append({"prompt": prompt, "response": sampled.texts[i], "reward": float(correct_sampled[i]),
+                            "gold": float(gold_sampled[i]), "length": int(lengths[i]), "stopped": bool(stopped[i])})
     return {
         "accuracy_greedy": mean(task.correct(greedy.texts, answers)),
-        "accuracy_sampled": mean(task.correct(sampled.texts, answers)),
+        "accuracy_sampled": mean(correct_sampled),
         "gold_score_greedy": mean(task.score(prompts, greedy.texts, answers)),
-        "gold_score_sampled": mean(task.score(prompts, sampled.texts, answers)),
+        "gold_score_sampled": mean(gold_sampled),
         "mean_response_length": float(sampled.response_lengths_B.float().mean()) if rows else 0.0,
         "no_stop_fraction": float((~sampled.stopped_B).float().mean()) if rows else 0.0,
     }

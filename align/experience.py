@@ -109,6 +109,7 @@ class Samples:
     stopped_B: torch.Tensor  # True where the response ended with EOS
     texts: list[str]
     stats: dict[str, float]
+    gold_scores: list[float] | None = None  # the gold reward of each response, where one is configured
 
     def __len__(self) -> int:
         return self.input_ids_BL.shape[0]
@@ -194,13 +195,15 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
         if key.endswith("/score"):
             stats[f"reward/{key.removesuffix('/score')}"] = _mean(per_row)
     return Samples(input_ids_BL, attention_mask_BL, response_mask_BT, torch.cat(logps) if old_logprobs else None,
-                   torch.cat(ref_logps) if reference else None, raw_score_B, score_B, stopped_B, rollout.texts, stats)
+                   torch.cat(ref_logps) if reference else None, raw_score_B, score_B, stopped_B, rollout.texts, stats,
+                   None if gold is None else [float(g) for g in gold])
 
 
 @torch.no_grad()
-def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int]) -> dict[str, float]:
+def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int], samples: list | None = None) -> dict[str, float]:
     """Mean training reward of greedy and sampled (temperature 1) responses to held-out prompts:
-    the evaluation of prompt files, where no built-in task can check the answers."""
+    the evaluation of prompt files, where no built-in task can check the answers. `samples`, when
+    given, receives the sampled completions (prompt, response, reward, gold None, length, stopped)."""
     rows = rows[: cfg.eval.num_prompts]
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
@@ -214,6 +217,10 @@ def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int])
         scores = reward_fn(prompts, rollout.texts, answers=answers, response_lengths=rollout.response_lengths_B.tolist()).scores
         out[f"reward_{kind}"] = _mean(scores)
         if sample:
+            if samples is not None:
+                for i, prompt in enumerate(prompts):
+                    samples.append({"prompt": prompt, "response": rollout.texts[i], "reward": float(scores[i]), "gold": None,
+                                    "length": int(rollout.response_lengths_B[i]), "stopped": bool(rollout.stopped_B[i])})
             out["mean_response_length"] = float(rollout.response_lengths_B.float().mean())
             out["no_stop_fraction"] = float((~rollout.stopped_B).float().mean())
     return out

@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
+from align.distributed import local_tensor
+
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     return (str(tensor.device), tensor.untyped_storage().data_ptr())
@@ -35,6 +37,7 @@ def _unique_storage_bytes(tensors: Iterable[torch.Tensor], seen: set[tuple[str, 
     """Bytes of the storages behind `tensors` not yet in `seen` (which is updated)."""
     total = 0
     for tensor in tensors:
+        tensor = local_tensor(tensor)  # a base sharded with FSDP: this process's shard
         key = _storage_key(tensor)
         if key in seen:
             continue
@@ -67,6 +70,24 @@ def memory_report(shared_base: Any, optimizer: torch.optim.Optimizer | None = No
         "gradients": _unique_storage_bytes((p.grad for p in [*base, *adapters, *heads] if p.grad is not None), seen),
         "optimizer_state": _unique_storage_bytes(_optimizer_tensors(optimizer), seen) if optimizer is not None else 0,
     }
+    report["total"] = sum(report.values())
+    return report
+
+
+def memory_by_role(shared_base: Any, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes per role: `base` (the shared base weights that no role owns: in LoRA mode the one
+    frozen base), then each role's own adapter (or full copy) and head in role order (a storage
+    already counted is not counted again; in full mode the base module is the role that runs on it,
+    e.g. the reference), then `gradients` and `optimizer_state`; plus `total`."""
+    seen: set[tuple[str, int]] = set()
+    own = {id(p) for role in shared_base.roles for p in shared_base.role_parameters(role)}
+    report = {"base": _unique_storage_bytes((p for p in shared_base.base_parameters() if id(p) not in own), seen)}
+    for role in shared_base.roles:
+        report[role] = _unique_storage_bytes(shared_base.role_parameters(role), seen)
+    report["base"] += _unique_storage_bytes(shared_base.base_parameters(), seen)  # anything no role owns
+    params = [*shared_base.base_parameters(), *shared_base.all_adapter_parameters(), *shared_base.head_parameters()]
+    report["gradients"] = _unique_storage_bytes((p.grad for p in params if p.grad is not None), seen)
+    report["optimizer_state"] = _unique_storage_bytes(_optimizer_tensors(optimizer), seen) if optimizer is not None else 0
     report["total"] = sum(report.values())
     return report
 

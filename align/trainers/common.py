@@ -191,7 +191,7 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
         model = run.accelerator.unwrap_model(model)
         result = evaluate_task(
             model, tokenizer, get_task(cfg.data.task), n=cfg.eval.num_prompts, split=split,
-            seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens,
+            seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
         )
     run.accelerator.wait_for_everyone()
     return result
@@ -268,7 +268,7 @@ def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids
     if eval_rows:
         from align.experience import evaluate_prompts
 
-        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids) if run.is_main else {}
+        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main else {}
         run.accelerator.wait_for_everyone()
     return metrics
 

@@ -42,7 +42,7 @@ from align.data.batching import BatchStream, collate_pairs, shard
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import sequence_logprob_sums
 from align.losses import REFERENCE_FREE_LOSSES, get_preference_loss
-from align.memory import count_parameters, memory_report
+from align.memory import count_parameters, memory_by_role, memory_report
 from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
@@ -195,4 +195,5 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     return finish_run(run, save, lambda run_dir: save_policy(base, run_dir), evaluate_policy, eval_before, trainable, total, lambda eval_after: {
         "loss_type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "precompute_reference": cfg.dpo.precompute_reference,
         "skipped_rows": skipped.total, "memory_bytes": memory_report(base, optimizer),
+        "memory_by_role": memory_by_role(base, optimizer),
     }, model=base)

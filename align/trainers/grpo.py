@@ -50,7 +50,7 @@ from align.experience import (
     RolloutRewards, completion_generators, eos_token_ids, response_logprobs, sample_and_score,
 )
 from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
-from align.memory import count_parameters, memory_report, peak_bytes
+from align.memory import count_parameters, memory_by_role, memory_report, peak_bytes
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
@@ -136,6 +136,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         keep_B = (~zero_variance_N if g.drop_zero_variance_groups else torch.ones_like(zero_variance_N))
         keep_B = keep_B.repeat_interleave(g.group_size).to(samples.response_mask_BT.dtype)
         loss_mask_BT = samples.response_mask_BT * keep_B[:, None]
+        run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples, advantages_B, r.kl_estimator)
         counts = []  # per minibatch: completions and tokens that count, summed over processes
         for k in range(minibatches):
             part = slice(k * local_group_rows, (k + 1) * local_group_rows)
@@ -196,5 +197,5 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                           "epochs": g.epochs, "advantage": g.advantage, "loss_aggregation": g.loss_aggregation,
                           "kl_coef": r.kl_coef, "completions": cfg.train.steps * g.prompts_per_iteration * g.group_size,
                           "optimizer_updates": total_updates, "memory_bytes": memory_report(base, optimizer),
-                          "skipped_rows": skipped.total,
+                          "memory_by_role": memory_by_role(base, optimizer), "skipped_rows": skipped.total,
                       }, model=base)

@@ -61,7 +61,7 @@ from align.losses.policy import (
     AdaptiveKLController, FixedKLController, gae_advantages, masked_mean, masked_whiten, per_token_rewards,
     ppo_policy_loss, ppo_value_loss,
 )
-from align.memory import memory_report, peak_bytes
+from align.memory import memory_by_role, memory_report, peak_bytes
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
@@ -228,6 +228,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         rows = [train_rows[i] for i in shard(stream.batch(step), run.rank, run.world)]
         samples = sample_and_score(base, rows, rewards, cfg, sampling_generator(cfg.train.seed, step, run.rank), eos_ids)
         exp = ppo_experience(base, samples, kl_ctl.value, cfg)
+        run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples, exp.advantages_BT, cfg.rollout.kl_estimator)
 
         # ---- update: ppo_epochs passes of shuffled minibatches (train mode: LoRA dropout, if any)
         t0 = time.time()
@@ -271,5 +272,5 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         "reward": cfg.rollout.reward, "gold_reward": cfg.rollout.gold_reward, "rollout_batch_size": ppo.rollout_batch_size,
         "minibatch_size": ppo.minibatch_size, "ppo_epochs": ppo.ppo_epochs, "optimizer_updates": total_updates,
         "value_learning_rate": value_lr, "final_kl_coef": kl_ctl.value, "memory_bytes": memory_report(base, optimizer),
-        "skipped_rows": skipped.total,
+        "memory_by_role": memory_by_role(base, optimizer), "skipped_rows": skipped.total,
     }, model=base)
