@@ -125,10 +125,15 @@ def transforms_logits(model: nn.Module) -> bool:
 
 def final_hidden_states(model: nn.Module, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
     """Final hidden states (B, T, H) of a causal LM (after the final norm; no LM head computed),
-    with padding-aware position ids."""
-    outputs = _causal_lm(model).base_model(
-        input_ids=input_ids_BT, attention_mask=attention_mask_BT,
-        position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False,
+    with padding-aware position ids. A base sharded with FSDP is entered through its root
+    (`align.distributed`), where FSDP gathers the embeddings, norm and LM head."""
+    from align.distributed import final_hidden_states_of_sharded, is_sharded
+
+    lm, position_ids_BT = _causal_lm(model), position_ids_from_mask(attention_mask_BT)
+    if is_sharded(lm):
+        return final_hidden_states_of_sharded(lm, input_ids_BT, attention_mask_BT, position_ids_BT)
+    outputs = lm.base_model(
+        input_ids=input_ids_BT, attention_mask=attention_mask_BT, position_ids=position_ids_BT, use_cache=False,
     )
     return outputs.last_hidden_state
 
@@ -141,6 +146,168 @@ class TokenLogProbs(NamedTuple):
     entropy_BT: torch.Tensor | None = None
 
 
+# ---------------------------------------------------------------------------------------------------
+# Logit transforms the head path reproduces, and the chunked head
+# ---------------------------------------------------------------------------------------------------
+
+# Float32 logits computed at once by the head path (the `train.logprob_chunk_mib` default, 32 MiB):
+# Qwen2.5's 151,936-token vocabulary -> 55 target tokens per chunk; a batch whose target logits fit
+# (every built-in-model batch, by far) runs as ONE chunk, the plain path, exactly as before chunking.
+DEFAULT_LOGPROB_CHUNK_BYTES = 32 * 2**20
+
+
+class LogitTransform(NamedTuple):
+    """What a head does after `lm_head`: logits = softcap * tanh(scale * a / softcap) (no softcap:
+    scale * a)."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+
+# model_type -> (the LOGIT_TRANSFORMS keys its forward reads, how): read off each model's forward
+# in transformers 5 (Gemma-2/3: /cap, tanh, *cap; Cohere: * logit_scale; Granite: / logits_scaling).
+# Any other transform (the same config key means other things in other models: HyperCLOVAX
+# multiplies by `logits_scaling`, Granite divides) takes the model's full forward.
+_KNOWN_TRANSFORMS = {
+    "gemma2": ("final_logit_softcapping",), "gemma3_text": ("final_logit_softcapping",),
+    "cohere": ("logit_scale",), "cohere2": ("logit_scale",),
+    "granite": ("logits_scaling",), "granitemoe": ("logits_scaling",), "granitemoeshared": ("logits_scaling",),
+}
+
+
+def logit_transform(model: nn.Module) -> LogitTransform | None:
+    """How `model`'s logits follow from `lm_head(final hidden state)`, or None when only the
+    model's own full forward gives them (an unknown transform, or no separate backbone)."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    if getattr(lm, "base_model", lm) is lm:
+        return None
+    present = {k for k in LOGIT_TRANSFORMS if getattr(config, k, None) is not None}
+    if not present:
+        return LogitTransform()
+    if not present <= set(_KNOWN_TRANSFORMS.get(getattr(config, "model_type", None), ())):
+        return None
+    if "final_logit_softcapping" in present:
+        return LogitTransform(softcap=float(config.final_logit_softcapping))
+    if "logit_scale" in present:
+        return LogitTransform(scale=float(config.logit_scale))
+    return LogitTransform(scale=1.0 / float(config.logits_scaling))
+
+
+def _apply_transform(logits: torch.Tensor, transform: LogitTransform) -> torch.Tensor:
+    """The model's own post-head arithmetic, in its order (Gemma-2: z / cap, tanh, * cap)."""
+    if transform.softcap is not None:
+        return torch.tanh(logits / transform.softcap) * transform.softcap
+    return logits * transform.scale if transform.scale != 1.0 else logits
+
+
+def chunk_rows(chunk_bytes: int, vocab: int) -> int:
+    """Target tokens per chunk: as many float32 logit rows as `chunk_bytes` holds (at least 1);
+    `chunk_bytes` <= 0: unlimited (one chunk)."""
+    return max(1, chunk_bytes // (4 * vocab)) if chunk_bytes > 0 else 2**62
+
+
+def _chunk_forward(hidden_CH, weight_VH, bias_V, labels_C, transform: LogitTransform, temperature: float,
+                   out_dtype: torch.dtype, want_dlogp_da: bool):
+    """One chunk: (log p of the labels, logsumexp, entropy terms, d log p / d logits or None).
+
+    z = transform(h W^T + b) / temperature;  log p(y) = z_y - logsumexp(z);  H = lse - sum_v p_v z_v;
+    d log p(y) / d a_v = (1[v = y] - p_v) * dz_v/da_v, with dz/da = scale / T, or for a soft-cap
+    (1 - tanh^2) / T. The chunk's (C, V) temporaries are freed when it returns."""
+    a_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).to(out_dtype)
+    z_CV = _apply_transform(a_CV, transform)
+    del a_CV
+    if temperature != 1.0:
+        z_CV = z_CV / temperature
+    lse_C = torch.logsumexp(z_CV, dim=-1)
+    logps_C = z_CV.gather(-1, labels_C[:, None])[:, 0] - lse_C
+    p_CV = (z_CV - lse_C[:, None]).exp_()
+    sum_pz_C = (p_CV * z_CV).sum(-1)  # entropy = lse - sum_v p_v z_v
+    dlogp_da_CV = None
+    if want_dlogp_da:
+        dlogp_da_CV = p_CV.neg_()
+        dlogp_da_CV.scatter_add_(-1, labels_C[:, None], torch.ones_like(lse_C)[:, None])  # 1[v = y] - p_v
+        if transform.softcap is not None:  # z T / cap = tanh(a / cap); dz/da = (1 - tanh^2) / T
+            tanh_CV = z_CV.mul_(temperature / transform.softcap)
+            dlogp_da_CV.mul_(tanh_CV.square_().neg_().add_(1.0)).div_(temperature)
+        else:
+            dlogp_da_CV.mul_(transform.scale / temperature)
+    return logps_C, lse_C, sum_pz_C, dlogp_da_CV
+
+
+class _ChunkedHeadLogProbs(torch.autograd.Function):
+    """log p(label) of each row of `hidden_NH` under a linear LM head, `rows` at a time, so no
+    (N, V) tensor exists: the forward keeps, per row, log p, the logsumexp and (frozen head)
+    d log p / d h (an (N, H) tensor, exact because log p_n depends on h_n alone). The backward
+    then needs no logits at all; a trainable head (full fine-tuning) recomputes each chunk's
+    logits once in the backward instead, for the weight's gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden_NH, weight_VH, bias_V, labels_N, transform, temperature, rows, out_dtype, need_hidden, need_weight):
+        N = hidden_NH.shape[0]
+        logps_N = hidden_NH.new_empty(N, dtype=out_dtype)
+        lse_N, sum_pz_N = torch.empty_like(logps_N), torch.empty_like(logps_N)
+        dlogp_dh_NH = torch.empty_like(hidden_NH) if need_hidden and not need_weight else None
+        for i in range(0, N, rows):
+            h_CH, labels_C = hidden_NH[i : i + rows], labels_N[i : i + rows]
+            logps_N[i : i + rows], lse_N[i : i + rows], sum_pz_N[i : i + rows], dlogp_da_CV = _chunk_forward(
+                h_CH, weight_VH, bias_V, labels_C, transform, temperature, out_dtype, dlogp_dh_NH is not None)
+            if dlogp_dh_NH is not None:
+                dlogp_dh_NH[i : i + rows] = dlogp_da_CV.to(weight_VH.dtype) @ weight_VH  # chain rule through a = h W^T
+        entropy_N = lse_N - sum_pz_N
+        ctx.mark_non_differentiable(entropy_N)
+        ctx.setup = (transform, temperature, rows, out_dtype, bias_V is not None)
+        if dlogp_dh_NH is not None:
+            ctx.save_for_backward(dlogp_dh_NH)
+        elif need_hidden or need_weight:
+            ctx.save_for_backward(hidden_NH, weight_VH, bias_V, labels_N)
+        return logps_N, entropy_N
+
+    @staticmethod
+    def backward(ctx, grad_logps_N, grad_entropy_N):
+        transform, temperature, rows, out_dtype, has_bias = ctx.setup
+        saved = ctx.saved_tensors
+        if len(saved) == 1:  # frozen head: d log p / d h was kept in the forward
+            (dlogp_dh_NH,) = saved
+            return (grad_logps_N[:, None].to(dlogp_dh_NH.dtype) * dlogp_dh_NH,) + (None,) * 9
+        hidden_NH, weight_VH, bias_V, labels_N = saved
+        grad_hidden_NH = torch.empty_like(hidden_NH) if ctx.needs_input_grad[0] else None
+        grad_weight_VH = torch.zeros_like(weight_VH, dtype=out_dtype) if ctx.needs_input_grad[1] else None
+        grad_bias_V = torch.zeros(weight_VH.shape[0], dtype=out_dtype, device=weight_VH.device) if has_bias and ctx.needs_input_grad[2] else None
+        for i in range(0, hidden_NH.shape[0], rows):
+            h_CH = hidden_NH[i : i + rows]
+            dlogp_da_CV = _chunk_forward(h_CH, weight_VH, bias_V, labels_N[i : i + rows], transform, temperature, out_dtype, True)[3]
+            grad_a_CV = dlogp_da_CV.mul_(grad_logps_N[i : i + rows, None].to(out_dtype))
+            if grad_hidden_NH is not None:
+                grad_hidden_NH[i : i + rows] = grad_a_CV.to(weight_VH.dtype) @ weight_VH
+            if grad_weight_VH is not None:
+                grad_weight_VH.addmm_(grad_a_CV.t(), h_CH.to(out_dtype))
+            if grad_bias_V is not None:
+                grad_bias_V += grad_a_CV.sum(0)
+        if grad_weight_VH is not None:
+            grad_weight_VH = grad_weight_VH.to(weight_VH.dtype)
+        if grad_bias_V is not None:
+            grad_bias_V = grad_bias_V.to(bias_V.dtype)
+        return (grad_hidden_NH, grad_weight_VH, grad_bias_V) + (None,) * 7
+
+
+def chunked_head_logprobs(head: nn.Linear, hidden_NH: torch.Tensor, labels_N: torch.Tensor, transform: LogitTransform,
+                          temperature: float, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p (N,), entropy (N,), no gradient) of `labels_N` under softmax(transform(head(h)) / T),
+    `rows` rows of logits at a time (`_ChunkedHeadLogProbs`). Equal to the plain path up to float
+    rounding, gradients included."""
+    out_dtype = torch.float64 if head.weight.dtype == torch.float64 else torch.float32
+    grad_on = torch.is_grad_enabled()  # (ctx.needs_input_grad says True under no_grad too)
+    need_hidden = grad_on and hidden_NH.requires_grad
+    need_weight = grad_on and (head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad))
+    return _ChunkedHeadLogProbs.apply(hidden_NH, head.weight, head.bias, labels_N.long(), transform, float(temperature),
+                                      int(rows), out_dtype, need_hidden, need_weight)
+
+
 def token_logprobs(
     model: nn.Module,
     input_ids_BT: torch.Tensor,
@@ -149,12 +316,15 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     hidden_BTH: torch.Tensor | None = None,
+    chunk_bytes: int = DEFAULT_LOGPROB_CHUNK_BYTES,
 ) -> TokenLogProbs:
     """Per-token log-probs of the target tokens under `model` (module docstring).
 
     The distribution is softmax(logits / `temperature`): the one a rollout sampled from at that
     temperature (TRL and OpenRLHF score rollouts the same way). `hidden_BTH`: the final hidden
     states when the caller already has them (a reward head's forward), so no second forward runs.
+    `chunk_bytes`: float32 logits computed at once (`chunk_rows`); when the target tokens' logits
+    exceed it they go through the head in chunks (`chunked_head_logprobs`), else in one piece.
     Gradients flow into the log-probs (not the entropies) when the caller's grad mode allows."""
     from align.losses.policy import entropy_from_logits
 
@@ -162,20 +332,29 @@ def token_logprobs(
     # target token AND position t is real (the first real token of a left-padded row has no prediction).
     target_BT1 = (target_mask_BT[:, 1:] * attention_mask_BT[:, 1:] * attention_mask_BT[:, :-1]).bool()
     labels_N = input_ids_BT[:, 1:][target_BT1]
-    if transforms_logits(model):
+
+    def scatter(values_N: torch.Tensor) -> torch.Tensor:  # (N,) -> (B, T), 0 off target, 0 at t = 0
+        return torch.nn.functional.pad(values_N.new_zeros(target_BT1.shape).masked_scatter(target_BT1, values_N), (1, 0))
+
+    transform = logit_transform(model)
+    head = _causal_lm(model).get_output_embeddings() if transform is not None else None
+    if transform is None:  # only the model's own forward knows its logits: full (B, T, V) logits
         logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
                            position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).logits
         logits_NV = logits_BTV[:, :-1][target_BT1]
     else:
         if hidden_BTH is None:
             hidden_BTH = final_hidden_states(model, input_ids_BT, attention_mask_BT)
-        logits_NV = _causal_lm(model).get_output_embeddings()(hidden_BTH[:, :-1][target_BT1])
+        hidden_NH = hidden_BTH[:, :-1][target_BT1]
+        rows = chunk_rows(chunk_bytes, head.weight.shape[0])
+        if hidden_NH.shape[0] > rows and type(head) is nn.Linear:
+            logps_N, entropy_N = chunked_head_logprobs(head, hidden_NH, labels_N, transform, temperature, rows)
+            return TokenLogProbs(scatter(logps_N), scatter(entropy_N.detach()) if with_entropy else None)
+        logits_NV = _apply_transform(head(hidden_NH), transform)
+    # One piece (it fits in a chunk, or the head is not a plain nn.Linear).
     if temperature != 1.0:
         logits_NV = logits_NV.float() / temperature
     token_logps_N = gather_logprobs(logits_NV, labels_N)  # log p = z_label - logsumexp(z)
-
-    def scatter(values_N: torch.Tensor) -> torch.Tensor:  # (N,) -> (B, T), 0 off target, 0 at t = 0
-        return torch.nn.functional.pad(values_N.new_zeros(target_BT1.shape).masked_scatter(target_BT1, values_N), (1, 0))
 
     entropy_BT = None
     if with_entropy:
