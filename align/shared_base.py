@@ -72,7 +72,7 @@ import torch
 import torch.nn as nn
 
 from align.config import LoraSettings
-from align.logprobs import TokenLogProbs, final_hidden_states, last_token_index, sum_and_mean_logprobs, token_logprobs
+from align.logprobs import DEFAULT_LOGPROB_CHUNK_BYTES, TokenLogProbs, final_hidden_states, last_token_index, sum_and_mean_logprobs, token_logprobs
 from align.lora import peft_lora_config
 from align.modes import eval_mode
 from align.role_helpers import (
@@ -132,6 +132,8 @@ class SharedBase:
         self._hidden_size = hidden_size(model)
         for param in model.parameters():
             param.requires_grad_(False)
+        # Float32 logits the log-prob path computes at once (`train.logprob_chunk_mib`).
+        self.logprob_chunk_bytes = DEFAULT_LOGPROB_CHUNK_BYTES
         self._lora_config = None
         if mode == "lora":
             # Built once, from the unwrapped model: once peft has wrapped it, the lora_A/lora_B
@@ -436,7 +438,8 @@ class SharedBase:
         at `temperature`: `align.logprobs.token_logprobs`, the toolkit's one log-prob path, run
         as `role`. Frozen roles run under no_grad."""
         with self._grad_context(role), self.role(role) as model:
-            return token_logprobs(model, input_ids_BT, attention_mask_BT, target_mask_BT, temperature, with_entropy)
+            return token_logprobs(model, input_ids_BT, attention_mask_BT, target_mask_BT, temperature, with_entropy,
+                                  chunk_bytes=self.logprob_chunk_bytes)
 
     def hidden_states(self, role: str, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, H) of `role` (after the final norm; no LM head computed)."""
@@ -459,7 +462,8 @@ class SharedBase:
             if head.uses_logprobs:  # from the same forward's hidden states (the one log-prob path)
                 mask_BT = completion_mask_BT * attention_mask_BT
                 with self.role(role) as model:
-                    token_logps_BT = token_logprobs(model, input_ids_BT, attention_mask_BT, mask_BT, hidden_BTH=hidden_BTH).logps_BT
+                    token_logps_BT = token_logprobs(model, input_ids_BT, attention_mask_BT, mask_BT, hidden_BTH=hidden_BTH,
+                                                    chunk_bytes=self.logprob_chunk_bytes).logps_BT
                 features_B2 = sum_and_mean_logprobs(token_logps_BT, mask_BT)
             return head.score(last_BH, features_B2)
 
