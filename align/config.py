@@ -84,6 +84,8 @@ class TrainSettings:
     seed: int = _f(0, "Random seed.")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default).")
     model_dropout: bool = _f(False, "Keep the base model's own dropout in reward, DPO and PPO training (false: off, as TRL does; SFT always keeps it; lora.dropout is separate).")
+    activation_checkpointing: bool = _f(False, "Keep only each decoder layer's input during the forward and re-run the layer in backward (less activation memory, about a third more compute); role switches are replayed (SharedBase.enable_activation_checkpointing).")
+    logprob_chunk_mib: float = _f(32.0, "Float32 logits the log-prob path computes at once (align.logprobs.token_logprobs): target tokens go through the LM head in chunks of this many MiB of logits, never as one (batch, tokens, vocab) tensor; a batch that fits runs in one piece. 0: never chunk.")
 
 
 @dataclass

@@ -121,7 +121,8 @@ def start_run(cfg: RecipeConfig) -> Run:
 def load_shared_base(cfg: RecipeConfig, run: Run):
     """The recipe's model as a `SharedBase` on this process's device, before any role exists.
     The base model's own dropout is removed (`align.dropout`, as TRL does) unless
-    `train.model_dropout`; `lora.dropout` is untouched."""
+    `train.model_dropout`; `lora.dropout` is untouched. `train.activation_checkpointing` and
+    `train.logprob_chunk_mib` are set on it here."""
     from align.dropout import disable_model_dropout
     from align.models import load_model_and_tokenizer
     from align.shared_base import SharedBase
@@ -129,7 +130,11 @@ def load_shared_base(cfg: RecipeConfig, run: Run):
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     if not cfg.train.model_dropout:
         disable_model_dropout(model)
-    return SharedBase(model.to(run.accelerator.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+    base = SharedBase(model.to(run.accelerator.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
+    base.logprob_chunk_bytes = int(cfg.train.logprob_chunk_mib * 2**20)
+    if cfg.train.activation_checkpointing:  # before any role: full copies inherit it, adapters' switches are replayed
+        base.enable_activation_checkpointing()
+    return base
 
 
 def add_policy_and_reference(base, key: str, init_adapter: str | None) -> None:

@@ -77,6 +77,8 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
         model = get_peft_model(model, peft_lora_config(model, cfg.lora))
     model.to(acc.device)
     model.train()
+    if cfg.train.activation_checkpointing:  # one role, no switching: transformers' own checkpointing
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
 
     skipped = SkipCounter()
