@@ -1,6 +1,9 @@
 """The `align` command.
 
     align train RECIPE.yaml [key.sub=value ...]   train; the last line printed is the run directory
+                                                   (the line before it: the command that reports the run)
+    align report RUN_DIR|STUDY_DIR [...] [-o report.html]  one self-contained HTML page of runs
+                                                   (overlaid) or of a parity study (align.report)
     align build-base [builtin:tiny-arith] [--force]  rebuild a built-in base from its recipe; compare with the shipped one
     align config-help                              every recipe key with its type, default and doc
     align export-reward RUN_DIR OUT_DIR [--drop-bias]  a reward run as a transformers
@@ -64,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("out_dir", help="where to write the model and tokenizer (new or empty)")
     export.add_argument("--drop-bias", action="store_true",
                         help="export a head bias that the model cannot hold by dropping it (scores shift by -bias)")
+    report = sub.add_parser("report", help="one self-contained HTML page of runs or of a parity study folder")
+    report.add_argument("paths", nargs="+", help="run directories (overlaid) and/or study folders (results/parity_<method>)")
+    report.add_argument("-o", "--output", default=None,
+                        help="the HTML file (default: report.html in the one folder given, else ./report.html)")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "train":
             run_dir = _train(args)
-            if int(os.environ.get("RANK", "0")) == 0:  # one line, from the main process only
+            if int(os.environ.get("RANK", "0")) == 0:  # from the main process only; the run dir stays last
+                from align.report import report_command
+
+                print(f"report: {report_command(run_dir)}", flush=True)
                 print(run_dir, flush=True)
         elif args.command == "build-base":
             from align.build_base import build_base, compare_with_shipped
@@ -77,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             built = build_base(args.name, force=args.force)
             print(compare_with_shipped(args.name, built), flush=True)
             print(built, flush=True)
+        elif args.command == "report":
+            from align.report import write_report
+
+            try:
+                print(write_report(args.paths, args.output), flush=True)
+            except FileNotFoundError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         elif args.command == "export-reward":
             from align.export import export_reward
 

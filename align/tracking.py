@@ -24,7 +24,8 @@ process writes. What wandb gets, all from this file (the trainers log flat keys,
                  (per token for PPO, per completion for GRPO), `rollout/hist/kl_per_token` (the
                  recipe's KL estimator over response tokens, where the rollout has both the
                  policy's and the reference's log-probs).
-    summary      summary.json flattened (`eval_after/accuracy_sampled`, ...), and the memory
+    summary      summary.json flattened (with `time_split_s`: setup, training, evaluation,
+                 finishing, measured between this tracker's calls) (`eval_after/accuracy_sampled`, ...), and the memory
                  breakdown as `memory/<category>_bytes` (memory_bytes: base, adapters, heads,
                  gradients, optimizer state) and `memory/role/<role>_bytes` (memory_by_role),
                  with one bar chart `memory/breakdown` (MiB per role and category).
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,7 @@ class Tracker:
         self._wandb = None
         self.num_samples = int(getattr(tracking, "samples", 8))
         self._pending: list[dict[str, Any]] = []  # sampled completions waiting for the next log
+        self._clock, self._time_split = time.time(), {"setup": 0.0, "training": 0.0, "evaluation": 0.0, "finishing": 0.0}
         if not is_main:
             return
         self.samples_per_step = samples_per_step(config)
@@ -165,11 +168,25 @@ class Tracker:
         if not self.is_main:
             return
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._time_since_last(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._wandb is not None:
             self._wandb.log({**self._axes(step), **{wandb_name(k): v for k, v in row.items() if k != "step"}}, step=step)
         self._flush_samples(step)
+
+    def _time_since_last(self, row: dict[str, Any]) -> None:
+        """The run's wall time split by what the last interval ended with: a row of only `eval/`
+        keys closes an evaluation (the one before training also covers setup: model loading), any
+        other row closes training steps; `finish` closes the finishing (final save and evaluation
+        fall in the last evaluation's interval). Measured here, so every trainer gets it."""
+        now, elapsed = time.time(), time.time() - self._clock
+        self._clock = now
+        only_eval = all(k == "step" or k.startswith("eval/") for k in row)
+        if only_eval and not any(self._time_split.values()):
+            self._time_split["setup"] += elapsed
+        else:
+            self._time_split["evaluation" if only_eval else "training"] += elapsed
 
     def _axes(self, step: int) -> dict[str, int]:
         return {"train/step": step, "train/samples_seen": step * self.samples_per_step}
@@ -246,6 +263,8 @@ class Tracker:
         if not self.is_main:
             return
         self._flush_samples(int(summary.get("steps", 0) or 0))
+        self._time_split["finishing"] += time.time() - self._clock
+        summary = {**summary, "time_split_s": {k: round(v, 3) for k, v in self._time_split.items()}}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
         if self._wandb is not None:
             for k, v in {**_flat(summary), **memory_fields(summary)}.items():

@@ -23,6 +23,13 @@ interrupted study continues where it stopped. Run folders go under `runs/parity_
                           seed mean with std error bars
     curves.png            the metric against training step at each configuration's best LR
                           (seed mean, shaded std)
+    study.json            all of the above as numbers, and the verdict (align.report.verdict):
+                          what `align report results/parity_<method>` draws as one HTML page
+
+With `--wandb` every run logs to wandb (offline unless you are logged in), grouped so the wandb UI
+compares them side by side: group = the study folder's name, job_type = the configuration,
+run name = configuration-lr-seed. Without it (the default, as the studies were measured) wandb
+is off.
 
 A study is an entry of `STUDIES`: the recipe, shared overrides, the configurations with their LR
 grids, seeds, the metric read from `summary.json` (`eval_after`) and from `metrics.jsonl` (the
@@ -169,7 +176,10 @@ def run_name(config: Configuration, lr: float, seed: int) -> str:
     return f"{config.name}-lr{lr:.0e}-s{seed}"
 
 
-def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: Path, extra: list[str]) -> Path:
+def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: Path, extra: list[str],
+           group: str = "parity", wandb: bool = False) -> Path:
+    """One run in its own process. wandb (with --wandb; offline unless logged in) groups a study's
+    runs: group = the study, job_type = the configuration, name = configuration-lr-seed."""
     out = runs_dir / run_name(config, lr, seed)
     if (out / "summary.json").exists():
         return out
@@ -178,8 +188,13 @@ def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: 
 
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "align.cli", "train", study.recipe, *study.overrides, *extra, *config.overrides,
-           f"optimizer.lr={lr}", f"train.seed={seed}", f"output_dir={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+           f"optimizer.lr={lr}", f"train.seed={seed}", f"output_dir={out}",
+           f"tracking.group={group}", f"tracking.job_type={config.name}", f"tracking.run_name={out.name}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if wandb:
+        cmd.append("tracking.wandb=true")
+    else:
+        env["WANDB_MODE"] = "disabled"
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +297,35 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     return text
 
 
+def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, notes: list[str], runs_dir: Path) -> None:
+    """study.json: every number `align report STUDY_DIR` draws (per configuration: the metric by LR,
+    the curves of each seed at the best LR, the table's columns) and the verdict."""
+    from align.report import verdict
+
+    def clean(row: dict) -> dict:
+        out = {k: v for k, v in row.items() if k not in ("by_lr", "curves")}
+        out["by_lr"] = {f"{lr:g}": list(ms) for lr, ms in row["by_lr"].items()}
+        out["curves"] = [{str(step): value for step, value in curve.items()} for curve in row["curves"]]
+        return out
+
+    data = {"name": out_dir.name, "title": title, "metric": study.metric, "metric_label": study.metric_label,
+            "secondary": study.secondary, "recipe": study.recipe, "runs_dir": str(runs_dir), "notes": list(notes),
+            "rows": [clean(r) for r in rows]}
+    data["verdict"] = verdict(data["rows"])
+    (out_dir / "study.json").write_text(json.dumps(_finite(data), indent=1) + "\n")
+
+
+def _finite(value):
+    """JSON has no NaN: a missing number (a metric some runs lack) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> None:
     import matplotlib
 
@@ -335,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra recipe override for every run, e.g. train.steps=60 (a longer budget)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log every run to wandb (offline unless logged in), grouped by study and configuration")
     parser.add_argument("--best-from", default=None, metavar="TABLE.csv",
                         help="run each configuration only at its best LR from an earlier study's table.csv")
     args = parser.parse_args(argv)
@@ -361,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: launch(study, *job, runs_dir, extra), jobs))
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb), jobs))
         print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
     rows = collect(study, configs, seeds, runs_dir)
@@ -371,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
     text = write_tables(study, rows, out_dir, title, notes)
+    write_study_json(study, rows, out_dir, title, notes, runs_dir)
     write_plots(study, rows, out_dir, title)
     print(text)
     for row in rows:
@@ -379,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['by_lr'] and list(row['by_lr'])}; extend the grid", file=sys.stderr)
     if missing:
         print(f"WARNING: {missing} of {len(jobs)} runs failed or are missing", file=sys.stderr)
-    print(f"wrote {out_dir / 'table.md'}, table.csv, metric_vs_lr.png, curves.png")
+    print(f"wrote {out_dir / 'table.md'}, table.csv, study.json, metric_vs_lr.png, curves.png")
+    print(f"report: align report {out_dir} -o {out_dir / 'report.html'}")
     return 1 if missing else 0
 
 

@@ -1,0 +1,631 @@
+"""`align report`: one self-contained HTML page of one or more runs, or of a parity study.
+
+    align report RUN_DIR [RUN_DIR ...] -o report.html    # runs overlay on the same axes
+    align report results/parity_ppo -o parity_ppo.html   # a study folder (scripts/parity.py)
+
+A run (a run directory: config.yaml, metrics.jsonl, samples.jsonl, summary.json; see
+align.tracking) gives: its settings side by side, the evaluation before and after, learning
+curves (loss; reward and gold; KL; accuracy; each chart drawn only where some run logged its
+keys), the memory per role (summary.json's memory_by_role, else memory_bytes), the time split
+(summary.json's time_split_s, and the RL trainers' time/ keys), and sampled completions from the
+first and last evaluation and the last RL iteration.
+
+A study folder (table.csv, and study.json where parity.py wrote one) gives: the final metric
+against LR per configuration with std error bars, the curves at each configuration's best LR
+(seed mean with a std band), the parity table and the verdict (`verdict`, below).
+
+The page needs no network: its data sits in the page as JSON and a ~200-line plotting script
+(PLOT_JS, below) draws every chart as inline SVG when the page opens. Open the file in any
+browser (`xdg-open report.html`, or copy it off a headless machine). Every chart container has
+class `plot` and gets `data-drawn` = the number of marks drawn (the browser test reads it).
+
+What it leaves out: wandb (the report reads only the run directory), histograms (wandb has them),
+interactive zoom.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import html
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_study(path: Path) -> bool:
+    return (path / "table.csv").exists() and not (path / "metrics.jsonl").exists()
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """What the report needs from a run directory; a folder without metrics.jsonl or summary.json
+    is refused with the reason."""
+    path = Path(path)
+    if not (path / "metrics.jsonl").exists() and not (path / "summary.json").exists():
+        raise FileNotFoundError(f"{path}: not a run directory (no metrics.jsonl or summary.json) nor a study folder (no table.csv)")
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    config = (path / "config.yaml").read_text() if (path / "config.yaml").exists() else ""
+    return {"name": path.name, "path": str(path), "summary": summary, "config_text": config,
+            "config": _yaml(config), "metrics": _rows(path / "metrics.jsonl"), "samples": _rows(path / "samples.jsonl")}
+
+
+def _yaml(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+# ---- charts (specs the page's script draws) -----------------------------------------------------
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+DASHES = ["", "6,3", "2,3", "8,3,2,3"]
+
+# (title, y label, candidate metrics.jsonl keys): a chart appears when some run logged one of them.
+CURVES = [
+    ("loss", "loss", ["loss", "loss/policy", "loss/value"]),
+    ("reward and gold", "score", ["reward/score", "reward/gold", "eval/gold_score_sampled", "eval/reward_sampled"]),
+    ("KL to the reference", "KL (per sequence)", ["kl", "approx_kl"]),
+    ("accuracy", "accuracy", ["eval/accuracy_sampled", "eval/accuracy_greedy", "eval/pairs/rewards/accuracies",
+                              "eval/pairs/accuracy", "rewards/accuracies", "accuracy"]),
+    ("implicit reward margin (DPO)", "margin", ["rewards/margins", "eval/pairs/rewards/margins"]),
+    ("response length", "tokens", ["response_length", "eval/mean_response_length"]),
+]
+
+
+def _points(metrics: list[dict[str, Any]], key: str) -> list[list[float]]:
+    out = []
+    for row in metrics:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out.append([row["step"], float(value)])
+    return out
+
+
+def curve_charts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    charts = []
+    for title, ylabel, keys in CURVES:
+        series = []
+        for r, run in enumerate(runs):
+            present = [k for k in keys if _points(run["metrics"], k)]
+            for d, key in enumerate(present):
+                series.append({"name": f"{run['name']}: {key}" if len(runs) > 1 else key, "color": COLORS[r % len(COLORS)]
+                               if len(runs) > 1 else COLORS[d % len(COLORS)], "dash": DASHES[d % len(DASHES)] if len(runs) > 1 else "",
+                               "points": _points(run["metrics"], key)})
+        if series:
+            charts.append({"kind": "line", "title": title, "xlabel": "step", "xint": True, "ylabel": ylabel, "series": series})
+    return charts
+
+
+def memory_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Stacked horizontal bars, one per run: MiB per role (else per category)."""
+    parts_by_run = []
+    for run in runs:
+        s = run["summary"]
+        parts = _numbers(s.get("memory_by_role")) or _numbers(s.get("memory_bytes"))
+        parts.pop("total", None)
+        parts_by_run.append(parts)
+    names = list(dict.fromkeys(k for parts in parts_by_run for k in parts))
+    if not names:
+        return None
+    return {"kind": "bar", "title": "memory by role (MiB; gradients are freed after each step)", "xlabel": "MiB",
+            "categories": [run["name"] for run in runs],
+            "stacks": [{"name": n, "color": COLORS[i % len(COLORS)], "values": [p.get(n, 0.0) / 2**20 for p in parts_by_run]}
+                       for i, n in enumerate(names)]}
+
+
+def time_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Stacked bars of seconds: the run's phases (time_split_s), with training split into the RL
+    trainers' logged time/rollout, time/scoring, time/forward, time/update where they exist."""
+    parts_by_run = []
+    for run in runs:
+        split = _numbers(run["summary"].get("time_split_s"))
+        logged = {}
+        for key in ("time/rollout", "time/scoring", "time/forward", "time/update"):
+            total = sum(v for _, v in _points(run["metrics"], key))
+            if total > 0:
+                logged[key.split("/", 1)[1]] = total
+        parts: dict[str, float] = {}
+        for phase, seconds in split.items():
+            if phase == "training" and logged:  # the RL timers subdivide the training steps
+                parts.update(logged)
+                parts["training (other)"] = max(seconds - sum(logged.values()), 0.0)
+            else:
+                parts[phase] = seconds
+        if not split:
+            parts = dict(logged)
+        if not parts and run["summary"].get("wall_time_s"):
+            parts = {"wall time (not split)": float(run["summary"]["wall_time_s"])}
+        parts_by_run.append(parts)
+    names = list(dict.fromkeys(k for parts in parts_by_run for k in parts))
+    if not names:
+        return None
+    return {"kind": "bar", "title": "where the time went (seconds)", "xlabel": "seconds",
+            "categories": [run["name"] for run in runs],
+            "stacks": [{"name": n, "color": COLORS[i % len(COLORS)], "values": [p.get(n, 0.0) for p in parts_by_run]}
+                       for i, n in enumerate(names)]}
+
+
+def _finite(value: Any) -> Any:
+    """JSON for the page's script: NaN and infinities (a metric a run lacks) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (d or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ---- HTML pieces --------------------------------------------------------------------------------
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Page:
+    """Sections of HTML and the chart specs the page's script draws."""
+
+    def __init__(self, title: str) -> None:
+        self.title, self.parts, self.charts = title, [], []
+
+    def section(self, heading: str, body: str, note: str = "") -> None:
+        note_html = f'<p class="note">{note}</p>' if note else ""
+        self.parts.append(f"<section><h2>{_e(heading)}</h2>{note_html}{body}</section>")
+
+    def chart(self, spec: dict[str, Any] | None) -> str:
+        if spec is None:
+            return ""
+        self.charts.append(spec)
+        return f'<div class="plot" id="plot-{len(self.charts) - 1}" data-chart="{len(self.charts) - 1}"></div>'
+
+    def render(self) -> str:
+        data = json.dumps(_finite(self.charts)).replace("</", "<\\/")
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(self.title)}</title>"
+                f"<style>{CSS}</style></head><body><header><h1>{_e(self.title)}</h1>"
+                f"<p class=\"note\">align report, {stamp}. Self-contained: no network needed.</p></header>"
+                + "".join(self.parts)
+                + f"<script type=\"application/json\" id=\"chart-data\">{data}</script><script>{PLOT_JS}</script></body></html>")
+
+
+# ---- a report of runs ---------------------------------------------------------------------------
+
+# (recipe key, label, the methods it belongs to: None = every method)
+RL = ("ppo", "grpo")
+SETTINGS = [("method", "method", None), ("mode", "mode", None), ("model", "model", None), ("lora.rank", "lora rank", None),
+            ("lora.targets", "lora targets", None), ("optimizer.lr", "optimizer.lr", None),
+            ("optimizer.lr_rule", "lr rule (LoRA LR = 10 x)", None), ("optimizer.schedule", "schedule", None),
+            ("train.steps", "steps", None), ("train.batch_size", "batch size", ("sft", "reward", "dpo")),
+            ("train.seed", "seed", None), ("data.task", "task", None), ("data.train_file", "train file", None),
+            ("rollout.reward", "reward", RL), ("rollout.gold_reward", "gold reward", RL), ("rollout.kl_coef", "kl coef", RL),
+            ("rollout.max_new_tokens", "max new tokens", RL), ("ppo.rollout_batch_size", "rollouts per iteration", ("ppo",)),
+            ("ppo.minibatch_size", "minibatch", ("ppo",)), ("ppo.ppo_epochs", "ppo epochs", ("ppo",)),
+            ("grpo.prompts_per_iteration", "prompts per iteration", ("grpo",)), ("grpo.group_size", "group size", ("grpo",)),
+            ("grpo.advantage", "advantage", ("grpo",)), ("grpo.loss_aggregation", "loss aggregation", ("grpo",)),
+            ("dpo.loss_type", "dpo loss", ("dpo",)), ("dpo.beta", "dpo beta", ("dpo",)),
+            ("reward.readout", "reward readout", ("reward",))]
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _samples_table(rows: list[dict[str, Any]]) -> str:
+    def score(v):
+        if v is None:
+            return "—"
+        cls = "good" if v > 0.5 else "bad" if v <= 0 else ""
+        return f'<span class="{cls}">{v:.3g}</span>'
+
+    return _table(["prompt", "response", "reward", "gold", "length", "stopped"], [
+        [f"<code>{_e(r['prompt'])}</code>", f"<code>{_e(r['response'])}</code>", score(r.get("reward")), score(r.get("gold")),
+         _e(r.get("length")), "yes" if r.get("stopped") else '<span class="bad">no</span>'] for r in rows], "samples")
+
+
+def run_report(runs: list[dict[str, Any]], page: _Page) -> None:
+    # ---- what ran
+    rows = []
+    for run in runs:
+        s = run["summary"]
+        rows.append([f"<b>{_e(run['name'])}</b><br><span class=\"note\">{_e(run['path'])}</span>",
+                     _e(s.get("method", _get(run["config"], "method"))), _e(s.get("mode", _get(run["config"], "mode"))),
+                     _fmt(s.get("learning_rate")), _fmt(s.get("steps")), _fmt(s.get("trainable_parameters")),
+                     _fmt(s.get("total_parameters")), _fmt(s.get("wall_time_s")),
+                     _fmt(round(s["peak_memory_bytes"] / 2**20, 1)) if s.get("peak_memory_bytes") else "—"])
+    page.section("runs", _table(["run", "method", "mode", "learning rate", "steps", "trainable params", "total params",
+                                 "wall time (s)", "peak memory (MiB)"], rows))
+
+    # ---- settings, side by side (rows that differ between runs are marked), and each config.yaml
+    rows = []
+    methods = {_get(run["config"], "method") for run in runs}
+    for key, label, wanted in SETTINGS:
+        if wanted is not None and not methods & set(wanted):
+            continue
+        values = [_get(run["config"], key) if wanted is None or _get(run["config"], "method") in wanted else None for run in runs]
+        if all(v is None for v in values):
+            continue
+        differs = len({json.dumps(v, default=str) for v in values}) > 1
+        rows.append([f"<b>{_e(label)}</b>" if differs else _e(label), *[_e(_fmt(v)) for v in values]])
+    configs = "".join(f"<details><summary>{_e(run['name'])}/config.yaml</summary><pre>{_e(run['config_text'])}</pre></details>"
+                      for run in runs if run["config_text"])
+    page.section("config", _table(["setting", *[run["name"] for run in runs]], rows) + configs,
+                 "Settings in bold differ between runs.")
+
+    # ---- evaluation before and after
+    keys = list(dict.fromkeys(k for run in runs for part in ("eval_before", "eval_after")
+                              for k in (run["summary"].get(part) or {})))
+    rows = []
+    for key in keys:
+        cells = []
+        for run in runs:
+            before, after = (run["summary"].get(p, {}).get(key) for p in ("eval_before", "eval_after"))
+            delta = f" ({after - before:+.3f})" if isinstance(before, (int, float)) and isinstance(after, (int, float)) else ""
+            cells.append(f"{_fmt(before)} → <b>{_fmt(after)}</b>{delta}")
+        rows.append([_e(key), *cells])
+    if rows:
+        page.section("evaluation before → after", _table(["metric", *[run["name"] for run in runs]], rows))
+
+    # ---- learning curves, memory, time
+    curves = "".join(page.chart(spec) for spec in curve_charts(runs))
+    page.section("learning curves", f'<div class="grid">{curves}</div>' if curves else "<p>No metrics logged.</p>",
+                 "Steps: optimizer steps (SFT, reward, DPO) or iterations (PPO, GRPO). eval/ keys are held-out evaluations.")
+    memory = memory_chart(runs)
+    if memory is not None:
+        table_rows = [[_e(stack["name"]), *[f"{v:.3f}" for v in stack["values"]]] for stack in memory["stacks"]]
+        page.section("memory by role", page.chart(memory) + _table(["part (MiB)", *memory["categories"]], table_rows),
+                     "Bytes held by each role's own weights (one frozen base shared by the LoRA roles), "
+                     "gradients and optimizer state at the end of the run (align.memory.memory_by_role).")
+    timing = time_chart(runs)
+    if timing is not None:
+        page.section("time split", page.chart(timing),
+                     "setup: model loading and the first evaluation; evaluation: later evaluations (the last also "
+                     "covers the final save); rollout, scoring, forward, update: the RL trainers' own timers.")
+
+    # ---- sampled completions
+    blocks = []
+    for run in runs:
+        samples = run["samples"]
+        evals = sorted({r["step"] for r in samples if r["kind"] == "eval"})
+        rollouts = sorted({r["step"] for r in samples if r["kind"] == "rollout"})
+        picks = []
+        if evals:
+            picks.append(("eval", evals[0], "evaluation before training" if evals[0] == 0 else f"evaluation at step {evals[0]}"))
+        if len(evals) > 1:
+            picks.append(("eval", evals[-1], f"evaluation at step {evals[-1]}"))
+        if rollouts:
+            picks.append(("rollout", rollouts[-1], f"rollouts of iteration {rollouts[-1]}"))
+        inner = "".join(f"<h3>{_e(label)}</h3>" + _samples_table([r for r in samples if r["kind"] == kind and r["step"] == step])
+                        for kind, step, label in picks)
+        blocks.append(f"<details open><summary>{_e(run['name'])}</summary>"
+                      f"{inner or '<p>No samples.jsonl in this run (tracking.samples: 0, or an older run).</p>'}</details>")
+    page.section("sampled completions", "".join(blocks),
+                 "Temperature 1 (evaluation) or the rollout temperature; reward: the training reward (evaluation on "
+                 "a built-in task: exact correctness); gold: the task's gold score; stopped: ended with EOS.")
+
+
+# ---- a report of a study ------------------------------------------------------------------------
+
+def load_study(path: Path) -> dict[str, Any]:
+    """A parity study folder: study.json where parity.py wrote it (every number the report
+    draws), else table.csv alone (no curves)."""
+    path = Path(path)
+    if (path / "study.json").exists():
+        return json.loads((path / "study.json").read_text())
+    rows = []
+    with open(path / "table.csv") as f:
+        for row in csv.DictReader(f):
+            by_lr = {}
+            for part in filter(None, (p.strip() for p in row.get("metric_by_lr", "").split(";"))):
+                lr, rest = part.split(":", 1)
+                mean, std = rest.split("+-")
+                by_lr[lr] = [float(mean), float(std)]
+            rows.append({"configuration": row["configuration"], "best_lr": float(row["best_lr"]), "edge": row.get("edge", ""),
+                         "metric_mean": float(row["metric_mean"]), "metric_std": float(row["metric_std"]),
+                         "metric_before": float(row["metric_before"]), "seeds": int(row["seeds"]),
+                         "peak_memory_mb": float(row["peak_memory_mb"]), "trainable_parameters": int(row["trainable_parameters"]),
+                         "by_lr": by_lr, "curves": []})
+    metric = "metric"
+    if (path / "table.md").exists():
+        for line in (path / "table.md").read_text().splitlines():
+            if line.startswith("| configuration |"):
+                metric = line.split("|")[3].strip().removesuffix(" (mean ± std)")
+    return {"name": path.name, "metric": metric, "metric_label": metric, "rows": rows, "notes": []}
+
+
+def verdict(rows: list[dict[str, Any]], baseline: str = "full") -> list[str]:
+    """One sentence per configuration against the baseline (FullFT): the difference of seed means
+    in units of the combined seed spread sqrt(std_a^2 + std_b^2): within 1 = matches; otherwise
+    trails or beats by that many."""
+    base = next((r for r in rows if r["configuration"] == baseline), None)
+    if base is None:
+        return [f"No '{baseline}' configuration: nothing to compare against."]
+    out = []
+    for row in rows:
+        if row is base:
+            continue
+        diff = row["metric_mean"] - base["metric_mean"]
+        spread = math.hypot(row["metric_std"], base["metric_std"])
+        z = diff / spread if spread > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+        if abs(z) <= 1:
+            word = "matches"
+        else:
+            word = "trails" if diff < 0 else "beats"
+        out.append(f"{row['configuration']} {word} {baseline}: {row['metric_mean']:.3f} ± {row['metric_std']:.3f} vs "
+                   f"{base['metric_mean']:.3f} ± {base['metric_std']:.3f} ({diff:+.3f}, {z:+.1f} combined seed std)"
+                   + (f"; its best LR {row['best_lr']:g} is at the EDGE of its grid" if row.get("edge") else ""))
+    return out
+
+
+def _finite_lrs(row: dict[str, Any]) -> list[tuple[str, tuple[float, float]]]:
+    return [(lr, (m, sd)) for lr, (m, sd) in row["by_lr"].items() if m is not None and math.isfinite(m)]
+
+
+def study_report(study: dict[str, Any], page: _Page) -> None:
+    rows = study["rows"]
+    metric = study["metric"]
+    lines = verdict(rows)
+    page.section("verdict", "<ul>" + "".join(f"<li>{_e(l)}</li>" for l in lines) + "</ul>",
+                 "Matches: within one combined seed standard deviation of FullFT's mean at each configuration's best LR.")
+    lr_chart = page.chart({
+        "kind": "line", "title": f"final {metric} vs LR (seed mean ± std)", "xlabel": "learning rate", "ylabel": metric,
+        "xlog": True, "series": [{"name": r["configuration"], "color": COLORS[i % len(COLORS)],
+                                  "points": [[float(lr), m] for lr, (m, _) in _finite_lrs(r)],
+                                  "err": [s or 0.0 for _, (_, s) in _finite_lrs(r)]} for i, r in enumerate(rows)]})
+    series = []
+    for i, r in enumerate(rows):
+        curves = [{int(k): v for k, v in c.items()} for c in r.get("curves") or []]
+        steps = sorted(set().union(*[c.keys() for c in curves])) if curves else []
+        if not steps:
+            continue
+        values = [[c[s] for c in curves if s in c] for s in steps]
+        means = [statistics.fmean(v) for v in values]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        series.append({"name": f"{r['configuration']} (lr {r['best_lr']:g})", "color": COLORS[i % len(COLORS)],
+                       "points": [[s, m] for s, m in zip(steps, means)],
+                       "band": [[s, m - d, m + d] for s, m, d in zip(steps, means, stds)]})
+    curves = (page.chart({"kind": "line", "title": f"{metric} during training at each best LR (seed mean, ± std band)",
+                          "xlabel": "step", "xint": True, "ylabel": metric, "series": series}) if series else
+              "<p>This study folder has no study.json (rerun <code>python scripts/parity.py METHOD --report-only</code> "
+              "to write it): no curves.</p>")
+    page.section(f"{metric} vs learning rate, and curves at each best LR", f'<div class="grid">{lr_chart}{curves}</div>',
+                 _e(study.get("metric_label", "")))
+    base = next((r for r in rows if r["configuration"] == "full"), None)
+    table_rows = []
+    for r in rows:
+        diff = r["metric_mean"] - base["metric_mean"] if base else math.nan
+        table_rows.append([_e(r["configuration"]), f"{r['best_lr']:g}" + (" <b>EDGE</b>" if r.get("edge") else ""),
+                           f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f}", f"{diff:+.3f}", f"{r['metric_before']:.3f}",
+                           _e(r["seeds"]), f"{r['peak_memory_mb']:.0f}", f"{r['trainable_parameters']:,}",
+                           ", ".join(f"{float(lr):g}: {m:.3f}" for lr, (m, _) in r["by_lr"].items())])
+    notes = "".join(f"<p class=\"note\">{_e(n)}</p>" for n in study.get("notes", []))
+    page.section("parity table", _table(["configuration", "best LR", f"{metric} (mean ± std)", "vs full", "before", "seeds",
+                                         "peak memory (MB)", "trainable params", "all LRs (seed mean)"], table_rows) + notes)
+
+
+# ---- the entry point ----------------------------------------------------------------------------
+
+def build_report(paths: list[str | Path]) -> str:
+    """The HTML page for run directories and/or study folders."""
+    paths = [Path(p) for p in paths]
+    studies = [p for p in paths if is_study(p)]
+    runs = [load_run(p) for p in paths if not is_study(p)]
+    title = "align report: " + ", ".join(p.name for p in paths)
+    page = _Page(title)
+    for path in studies:
+        study = load_study(path)
+        page.parts.append(f"<h1 class=\"study\">study {_e(study.get('name', path.name))}</h1>")
+        study_report(study, page)
+    if runs:
+        run_report(runs, page)
+    return page.render()
+
+
+def write_report(paths: list[str | Path], out: str | Path | None = None) -> Path:
+    """Write the report; the default name is report.html inside the single run or study folder
+    given, else ./report.html."""
+    if out is None:
+        out = Path(paths[0]) / "report.html" if len(paths) == 1 else Path("report.html")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_report(paths))
+    return out
+
+
+def report_command(run_dir: str | Path) -> str:
+    """What a trainer prints at the end of a run."""
+    return f"align report {run_dir} -o {Path(run_dir) / 'report.html'}"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1250px;padding:0 18px 40px;color:#222}
+h1{font-size:22px;margin:18px 0 4px}h1.study{border-top:2px solid #333;padding-top:12px}h2{font-size:17px;margin:0 0 6px}
+h3{font-size:14px;margin:12px 0 4px}section{border-top:1px solid #ddd;padding:12px 0}
+.note{color:#666;font-size:12px;margin:2px 0 8px}table{border-collapse:collapse;font-size:13px;margin:4px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}th{background:#f4f4f4}
+table.samples td:nth-child(2){white-space:pre-wrap}code{font-size:12px}.good{color:#1a7f37;font-weight:600}.bad{color:#c0392b}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:10px}
+.plot{border:1px solid #eee;border-radius:4px;padding:4px;min-height:80px}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+details{margin:6px 0}summary{cursor:pointer;font-weight:600}svg text{font-family:inherit}
+"""
+
+# The plotting script: line charts (several series, optional log x, error bars, std bands) and
+# stacked horizontal bar charts, as inline SVG. Written for this page; no library.
+PLOT_JS = r"""
+(function () {
+  var NS = "http://www.w3.org/2000/svg";
+  function el(tag, attrs, parent) {
+    var e = document.createElementNS(NS, tag);
+    for (var k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function text(parent, x, y, s, attrs) {
+    var t = el("text", Object.assign({x: x, y: y, "font-size": 11, fill: "#333"}, attrs || {}), parent);
+    t.textContent = s;
+    return t;
+  }
+  function fmt(v) {
+    if (v === 0) return "0";
+    var a = Math.abs(v);
+    if (a >= 1e4 || a < 1e-3) return v.toExponential(0);
+    return String(+v.toPrecision(3));
+  }
+  function niceTicks(lo, hi, n, integer) {
+    if (!(hi > lo)) { hi = lo + 1; lo = lo - 1; }
+    var step = Math.pow(10, Math.floor(Math.log10((hi - lo) / n)));
+    var err = (hi - lo) / n / step;
+    step *= err >= 7.5 ? 10 : err >= 3.5 ? 5 : err >= 1.5 ? 2 : 1;
+    if (integer) step = Math.max(1, Math.round(step));
+    var ticks = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(+v.toPrecision(12));
+    return ticks;
+  }
+  function title(svg, W, s) { text(svg, W / 2, 16, s, {"text-anchor": "middle", "font-size": 13, "font-weight": 600}); }
+  function legend(svg, items, x, y) {
+    items.forEach(function (it, i) {
+      var yy = y + i * 15;
+      el("line", {x1: x, y1: yy, x2: x + 18, y2: yy, stroke: it.color, "stroke-width": 2.5, "stroke-dasharray": it.dash || ""}, svg);
+      text(svg, x + 23, yy + 4, it.name, {"font-size": 10.5});
+    });
+  }
+  function lineChart(div, spec) {
+    var W = 560, legendH = 15 * spec.series.length + 6, H = 300 + legendH, m = {l: 58, r: 24, t: 26, b: 40 + legendH};
+    var svg = el("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img"}, div);
+    title(svg, W, spec.title);
+    var xs = [], ys = [];
+    spec.series.forEach(function (s) {
+      s.points.forEach(function (p, i) {
+        xs.push(p[0]); ys.push(p[1]);
+        if (s.err) { ys.push(p[1] - s.err[i]); ys.push(p[1] + s.err[i]); }
+      });
+      (s.band || []).forEach(function (b) { ys.push(b[1]); ys.push(b[2]); });
+    });
+    var tx = spec.xlog ? function (v) { return Math.log10(v); } : function (v) { return v; };
+    var xlo = Math.min.apply(null, xs.map(tx)), xhi = Math.max.apply(null, xs.map(tx));
+    var ylo = Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
+    if (xhi === xlo) { xhi += 0.5; xlo -= 0.5; }
+    if (yhi === ylo) { yhi += Math.abs(yhi) * 0.1 + 0.1; ylo -= Math.abs(ylo) * 0.1 + 0.1; }
+    var pad = (yhi - ylo) * 0.05; ylo -= pad; yhi += pad;
+    var pw = W - m.l - m.r, ph = H - m.t - m.b;
+    function X(v) { return m.l + (tx(v) - xlo) / (xhi - xlo) * pw; }
+    function Y(v) { return m.t + (1 - (v - ylo) / (yhi - ylo)) * ph; }
+    var yt = niceTicks(ylo, yhi, 5);
+    yt.forEach(function (v) {
+      el("line", {x1: m.l, x2: m.l + pw, y1: Y(v), y2: Y(v), stroke: "#eee"}, svg);
+      text(svg, m.l - 5, Y(v) + 4, fmt(v), {"text-anchor": "end"});
+    });
+    var xt = spec.xlog ? (function () { var t = []; for (var e = Math.floor(xlo); e <= Math.ceil(xhi); e++) { [1, 3].forEach(function (k) { var v = k * Math.pow(10, e); if (Math.log10(v) >= xlo - 1e-9 && Math.log10(v) <= xhi + 1e-9) t.push(v); }); } return t; })()
+                       : niceTicks(xlo, xhi, 6, spec.xint);
+    xt.forEach(function (v) {
+      el("line", {x1: X(v), x2: X(v), y1: m.t, y2: m.t + ph, stroke: "#f3f3f3"}, svg);
+      text(svg, X(v), m.t + ph + 14, fmt(v), {"text-anchor": "middle"});
+    });
+    el("rect", {x: m.l, y: m.t, width: pw, height: ph, fill: "none", stroke: "#999"}, svg);
+    text(svg, m.l + pw / 2, m.t + ph + 30, spec.xlabel + (spec.xlog ? " (log scale)" : ""), {"text-anchor": "middle"});
+    var yl = text(svg, 13, m.t + ph / 2, spec.ylabel, {"text-anchor": "middle", transform: "rotate(-90 13 " + (m.t + ph / 2) + ")"});
+    var marks = 0;
+    spec.series.forEach(function (s) {
+      if (s.band && s.band.length) {
+        var up = s.band.map(function (b) { return X(b[0]) + "," + Y(b[2]); });
+        var down = s.band.slice().reverse().map(function (b) { return X(b[0]) + "," + Y(b[1]); });
+        el("polygon", {points: up.concat(down).join(" "), fill: s.color, "fill-opacity": 0.15, stroke: "none", "data-mark": 1}, svg);
+        marks++;
+      }
+      if (s.points.length > 1) {
+        var d = s.points.map(function (p, i) { return (i ? "L" : "M") + X(p[0]).toFixed(1) + " " + Y(p[1]).toFixed(1); }).join("");
+        el("path", {d: d, fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dash || "", "data-mark": 1}, svg);
+        marks++;
+      }
+      s.points.forEach(function (p, i) {
+        if (s.err) {
+          el("line", {x1: X(p[0]), x2: X(p[0]), y1: Y(p[1] - s.err[i]), y2: Y(p[1] + s.err[i]), stroke: s.color, "stroke-width": 1.5}, svg);
+          [p[1] - s.err[i], p[1] + s.err[i]].forEach(function (v) {
+            el("line", {x1: X(p[0]) - 4, x2: X(p[0]) + 4, y1: Y(v), y2: Y(v), stroke: s.color, "stroke-width": 1.5}, svg);
+          });
+        }
+        var c = el("circle", {cx: X(p[0]), cy: Y(p[1]), r: s.points.length > 40 ? 1.6 : 3, fill: s.color, "data-mark": 1}, svg);
+        el("title", {}, c).textContent = s.name + "\n" + spec.xlabel + " " + fmt(p[0]) + ": " + fmt(p[1]) + (s.err ? " ± " + fmt(s.err[i]) : "");
+        marks++;
+      });
+    });
+    legend(svg, spec.series, m.l, m.t + ph + 44);
+    return marks;
+  }
+  function barChart(div, spec) {
+    var n = spec.categories.length, W = 760, rowH = 30, m = {l: 210, r: 20, t: 26, b: 36};
+    var legendRows = Math.ceil(spec.stacks.length / 4), H = m.t + n * rowH + m.b + legendRows * 16;
+    var svg = el("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img"}, div);
+    title(svg, W, spec.title);
+    var totals = spec.categories.map(function (_, i) { return spec.stacks.reduce(function (a, s) { return a + s.values[i]; }, 0); });
+    var hi = Math.max.apply(null, totals.concat([1e-9])), pw = W - m.l - m.r;
+    function X(v) { return m.l + v / hi * pw; }
+    niceTicks(0, hi, 6).forEach(function (v) {
+      if (v > hi * 1.0001) return;
+      el("line", {x1: X(v), x2: X(v), y1: m.t, y2: m.t + n * rowH, stroke: "#eee"}, svg);
+      text(svg, X(v), m.t + n * rowH + 13, fmt(v), {"text-anchor": "middle"});
+    });
+    text(svg, m.l + pw / 2, m.t + n * rowH + 27, spec.xlabel, {"text-anchor": "middle"});
+    var marks = 0;
+    spec.categories.forEach(function (cat, i) {
+      var y = m.t + i * rowH + 5, x = 0;
+      text(svg, m.l - 6, y + 14, cat.length > 32 ? cat.slice(0, 31) + "…" : cat, {"text-anchor": "end"});
+      spec.stacks.forEach(function (s) {
+        var v = s.values[i];
+        if (!(v > 0)) return;
+        var r = el("rect", {x: X(x), y: y, width: Math.max(X(x + v) - X(x), 0.5), height: rowH - 10, fill: s.color, "data-mark": 1}, svg);
+        el("title", {}, r).textContent = cat + "\n" + s.name + ": " + fmt(v) + " " + spec.xlabel;
+        x += v; marks++;
+      });
+      text(svg, X(x) + 4, y + 14, fmt(totals[i]), {"font-size": 10});
+    });
+    spec.stacks.forEach(function (s, i) {
+      var lx = m.l + (i % 4) * 135, ly = m.t + n * rowH + m.b + Math.floor(i / 4) * 16;
+      el("rect", {x: lx, y: ly - 8, width: 11, height: 11, fill: s.color}, svg);
+      text(svg, lx + 15, ly + 2, s.name, {"font-size": 10.5});
+    });
+    return marks;
+  }
+  var charts = JSON.parse(document.getElementById("chart-data").textContent);
+  document.querySelectorAll(".plot").forEach(function (div) {
+    var spec = charts[+div.getAttribute("data-chart")];
+    var marks = spec.kind === "bar" ? barChart(div, spec) : lineChart(div, spec);
+    div.setAttribute("data-drawn", String(marks));
+  });
+})();
+"""
