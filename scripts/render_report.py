@@ -29,9 +29,10 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 
 
 def find_chromium() -> str | None:
-    """A Chromium binary: $CHROMIUM, else the first of CANDIDATES on PATH."""
+    """A Chromium binary: $CHROMIUM (None when it names no executable), else the first of
+    CANDIDATES on PATH; None when there is none."""
     if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+        return shutil.which(os.environ["CHROMIUM"])
     return next((shutil.which(name) for name in CANDIDATES if shutil.which(name)), None)
 
 
