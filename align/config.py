@@ -89,6 +89,11 @@ class TrainSettings:
 
 
 @dataclass
+class DistributedSettings:
+    strategy: Literal["ddp", "fsdp"] = _f("ddp", "How several processes hold the frozen base: ddp (a whole copy each; gradients of the small trainable parameters averaged) or fsdp (FSDP2 shards the base's weights layer by layer; adapters and heads stay whole on every process). One process: the same as ddp.")
+
+
+@dataclass
 class EvalSettings:
     num_prompts: int = _f(128, "Prompts for task evaluation (greedy and sampled).")
     max_new_tokens: int = _f(20, "Tokens generated per evaluation response (padded answers run to ~19).")
@@ -205,6 +210,7 @@ class RecipeConfig:
     data: DataSettings = field(default_factory=DataSettings, metadata={"doc": "Data settings."})
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings, metadata={"doc": "Optimizer settings."})
     train: TrainSettings = field(default_factory=TrainSettings, metadata={"doc": "Loop settings."})
+    distributed: DistributedSettings = field(default_factory=DistributedSettings, metadata={"doc": "Several processes (launched with accelerate)."})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"doc": "Task evaluation."})
     tracking: TrackingSettings = field(default_factory=TrackingSettings, metadata={"doc": "Tracking."})
     sft: SFTSettings = field(default_factory=SFTSettings, metadata={"doc": "SFT settings."})
@@ -387,6 +393,9 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         bad("eval", "num_prompts and max_new_tokens must be at least 1")
     if cfg.resume and cfg.output_dir is None:
         bad("resume", "needs output_dir: the run directory to resume")
+    if cfg.distributed.strategy == "fsdp" and cfg.mode == "full":
+        bad("distributed.strategy", "fsdp shards the frozen base that LoRA roles share; mode: full trains whole copies "
+            "(run it with ddp, or with mode: lora)")
     if cfg.method == "dpo":
         from align.losses import PREFERENCE_LOSSES
 

@@ -16,6 +16,8 @@ What it does:
   from the one log-prob path (`SharedBase.logprobs`); used for the rollout and for the update;
 - `evaluate_prompts(...)`: greedy and sampled reward on held-out prompts (prompt files, where no
   built-in task checks answers);
+- `gather_rollout(accelerator, samples, pad_id, ...)`: the global rollout batch on every process
+  (PPO whitens and shuffles over it, so its result does not depend on the number of processes);
 - `eos_token_ids`, `sampling_generator`, `completion_generators`: the stop tokens, and generators
   seeded by (seed, iteration, rank, purpose) or per completion by its global index, so a resumed
   run samples exactly what an unbroken one did (and, per completion, whatever the process count).
@@ -117,6 +119,34 @@ class Samples:
     @property
     def prompt_width(self) -> int:
         return self.input_ids_BL.shape[1] - self.response_mask_BT.shape[1]
+
+
+def gather_rollout(accelerator, samples: Samples, pad_id: int, **extra_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The global rollout batch on every process: each process's rows in process order (with
+    contiguous shares, the batch's own order), prompts re-padded on the left to the widest and
+    responses on the right to the longest (padding is masked out, so nothing it touches counts).
+    Fields: input_ids_BL, attention_mask_BL, response_mask_BT, old_logps_BT, ref_logps_BT,
+    scores_B and every `extra_BT` (B, T) response tensor. One process: its own tensors, untouched."""
+    fields = {"input_ids_BL": samples.input_ids_BL, "attention_mask_BL": samples.attention_mask_BL,
+              "response_mask_BT": samples.response_mask_BT, "old_logps_BT": samples.old_logps_BT,
+              "ref_logps_BT": samples.ref_logps_BT, "scores_B": samples.scores_B, **extra_BT}
+    if accelerator is None or accelerator.num_processes == 1:
+        return fields
+    P, T = samples.prompt_width, samples.response_mask_BT.shape[1]
+    widest_P, longest_T = (int(v) for v in accelerator.gather(torch.tensor([[P, T]], device=samples.input_ids_BL.device)).max(0).values)
+
+    def padded(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() == 1:
+            return tensor
+        value = pad_id if name == "input_ids_BL" else 0
+        B = tensor.shape[0]
+        if name.endswith("_BL"):  # prompt then response
+            left = tensor.new_full((B, widest_P - P), value)
+            right = tensor.new_full((B, longest_T - T), value)
+            return torch.cat([left, tensor, right], dim=1)
+        return torch.cat([tensor, tensor.new_full((B, longest_T - T), value)], dim=1)
+
+    return {name: None if t is None else accelerator.gather(padded(name, t).contiguous()) for name, t in fields.items()}
 
 
 def _mean(values) -> float:

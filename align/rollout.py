@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from align.distributed import every_process
 from align.modes import eval_mode
 
 
@@ -100,7 +101,8 @@ def _sample_row(probs_1V: torch.Tensor, generator: torch.Generator) -> torch.Ten
 def _cache_argument(model: torch.nn.Module) -> str:
     """The forward keyword of the KV cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    # The class's forward: FSDP wraps the instance's forward in (*args, **kwargs), hiding the names.
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def _cache_of(outputs):
@@ -140,22 +142,29 @@ def _generate_batch(
     next_position_B = position_ids_BP[:, -1] + 1
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, masks = [], []
+    local_done = False  # this process's rows have all stopped (or used up max_new_tokens)
     for t in range(max_new_tokens):
-        token_B = _next_tokens(outputs.logits[:, -1, :], temperature, top_p, do_sample, generator)
-        live_B = ~finished_B
-        token_B = torch.where(live_B, token_B, torch.full_like(token_B, pad_id))
-        tokens.append(token_B)
-        masks.append(live_B)
-        ended_B = live_B & torch.isin(token_B, eos_ids)
-        if stop_strings:
-            response_ids_BT = torch.stack(tokens, dim=1)
-            for i in torch.nonzero(live_B & ~ended_B).flatten().tolist():
-                text = tokenizer.decode(response_ids_BT[i], skip_special_tokens=True)
-                if _first_stop(text, stop_strings) >= 0:
-                    ended_B[i] = True
-        finished_B = finished_B | ended_B
-        if bool(finished_B.all()) or t == max_new_tokens - 1:
+        if not local_done:
+            token_B = _next_tokens(outputs.logits[:, -1, :], temperature, top_p, do_sample, generator)
+            live_B = ~finished_B
+            token_B = torch.where(live_B, token_B, torch.full_like(token_B, pad_id))
+            tokens.append(token_B)
+            masks.append(live_B)
+            ended_B = live_B & torch.isin(token_B, eos_ids)
+            if stop_strings:
+                response_ids_BT = torch.stack(tokens, dim=1)
+                for i in torch.nonzero(live_B & ~ended_B).flatten().tolist():
+                    text = tokenizer.decode(response_ids_BT[i], skip_special_tokens=True)
+                    if _first_stop(text, stop_strings) >= 0:
+                        ended_B[i] = True
+            finished_B = finished_B | ended_B
+            local_done = bool(finished_B.all()) or t == max_new_tokens - 1
+        # A sharded model's forward is collective, so every process decodes until all have
+        # stopped; one that is done feeds padding and keeps none of it.
+        if every_process(local_done, model):
             break
+        if local_done:
+            token_B = torch.full_like(token_B, pad_id)
         attention_mask_BL = torch.cat([attention_mask_BL, torch.ones_like(attention_mask_BL[:, :1])], dim=1)
         outputs = model(input_ids=token_B[:, None], attention_mask=attention_mask_BL,
                         position_ids=next_position_B[:, None], use_cache=True,

@@ -156,22 +156,6 @@ def test_zero_learning_rate_keeps_policy_equal_to_reference(tmp_path, mode):
         assert r["loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(tmp_path, repo):
-    from tests.test_multiprocess import launch_two_processes
-
-    overrides = FAST + ["train.steps=3", "train.threads=1", "optimizer.lr_rule=false"]
-    # Launch first, so that nothing the in-process run sets up can leak into the children's environment.
-    out_dir = tmp_path / "two"
-    proc = launch_two_processes(repo, overrides + [f"output_dir={out_dir}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # the launcher's recipe is sft_lora.yaml (method=dpo overrides it); the same here
-    cfg = load_recipe(repo / "recipes" / "sft_lora.yaml", overrides + [f"output_dir={tmp_path / 'one'}"])
-    single = losses(train_dpo(cfg).run_dir)
-    assert json.load(open(out_dir / "summary.json"))["num_processes"] == 2
-    assert losses(out_dir) == pytest.approx(single, abs=1e-5)
-
-
 def test_frozen_embeddings_ablation_freezes_exactly_embeddings_and_head(tmp_path, repo):
     proc = subprocess.run(
         [sys.executable, "scripts/dpo_frozen_embeddings.py", "--seeds", "0", "--runs-dir", str(tmp_path),

@@ -62,6 +62,12 @@ class Run:
     def world(self) -> int:
         return self.accelerator.num_processes
 
+    @property
+    def sharded(self) -> bool:
+        """The base is sharded over processes (fsdp with several): its forwards are collective,
+        so work done "on the main process" (evaluation) runs on every process in step."""
+        return self.cfg.distributed.strategy == "fsdp" and self.world > 1
+
     def print(self, *args: Any) -> None:
         if self.is_main:
             print(*args, flush=True)
@@ -137,6 +143,19 @@ def load_shared_base(cfg: RecipeConfig, run: Run):
     return base
 
 
+def shard_if_asked(run: Run, model, keep_whole) -> None:
+    """Under `distributed.strategy: fsdp` with several processes, shard the frozen base layer by
+    layer (`align.distributed`), leaving `keep_whole` (every adapter) whole. Call it once every
+    role exists (adding an adapter rewrites modules FSDP would already have wrapped) and before
+    the first forward; adapters keep their identity, so an optimizer made before holds the same
+    tensors."""
+    if run.sharded:
+        from align.distributed import shard_frozen_base
+
+        layers = shard_frozen_base(model, keep_whole)
+        run.print(f"fsdp: base sharded over {run.world} processes, {layers} decoder layers (adapters and heads whole)")
+
+
 def add_policy_and_reference(base, key: str, init_adapter: str | None) -> None:
     """The policy (fresh, or started from the saved adapter that recipe key `key` names) and its
     frozen reference; a saved adapter that does not fit the model is one ConfigError line."""
@@ -189,7 +208,7 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
     if not cfg.eval.enabled or cfg.data.task is None:
         return {}
     result: dict[str, float] = {}
-    if run.is_main:
+    if run.is_main or run.sharded:
         from align.evaluation import evaluate_task
         from align.tasks import get_task
 
@@ -199,7 +218,7 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
             seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
         )
     run.accelerator.wait_for_everyone()
-    return result
+    return result if run.is_main else {}
 
 
 def start_loop(run: Run, start_step: int, evaluate, desc: str, headline: str):
@@ -273,7 +292,8 @@ def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids
     if eval_rows:
         from align.experience import evaluate_prompts
 
-        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main else {}
+        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main or run.sharded else {}
+        metrics = metrics if run.is_main else {}
         run.accelerator.wait_for_everyone()
     return metrics
 

@@ -47,7 +47,7 @@ from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, accumulated_step, add_policy_and_reference, checkpoint_saver, end_of_step, evaluate, finish_run,
-    load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, start_loop, start_run,
+    load_shared_base, make_optimizer, make_scheduler, resume_step, save_policy, shard_if_asked, start_loop, start_run,
 )
 
 def pair_logps(base: SharedBase, role: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +135,7 @@ def train_dpo(cfg: RecipeConfig) -> TrainResult:
     params = base.trainable_parameters("policy")
     trainable_ids = {id(p) for p in params}
     named_params = [(n, p) for n, p in policy_model.named_parameters() if id(p) in trainable_ids]
+    shard_if_asked(run, base.model, base.all_adapter_parameters())
     optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
 

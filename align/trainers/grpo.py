@@ -54,7 +54,7 @@ from align.memory import count_parameters, memory_by_role, memory_report, peak_b
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
-    resume_step, save_policy, start_loop, start_run, sum_over_processes,
+    resume_step, save_policy, shard_if_asked, start_loop, start_run, sum_over_processes,
 )
 
 
@@ -96,6 +96,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     trainable_ids = {id(p) for p in params}
     named_params = [(n, p) for n, p in policy_model.named_parameters() if id(p) in trainable_ids]
     trainable, total = count_parameters(policy_model)
+    shard_if_asked(run, base.model, base.all_adapter_parameters())
     optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
     total_updates = cfg.train.steps * minibatches * g.epochs  # derived once: the schedule's length
     scheduler = make_scheduler(optimizer, cfg, total_updates)
@@ -166,10 +167,14 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                     # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
                     (loss * run.world).backward()
                     # the step's loss is the sum of every share: x world here, then the mean over processes
-                    sums["loss"] += float(loss) * run.world
+                    sums["loss"] += float(loss.detach()) * run.world
                     stats["update_entropy"] = (entropy_BT * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)
-                    for key, value in stats.items():  # token means of each micro-batch, averaged
-                        sums[key] = sums.get(key, 0.0) + float(value) / cfg.train.grad_accum
+                    # Token means of each micro-batch, weighted by its share of the minibatch's
+                    # tokens over all processes (x world: the mean over processes follows), so
+                    # they sum to the minibatch's token means whatever the world size.
+                    weight = run.world * float(loss_mask_BT[micro].sum()) / tokens
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + float(value) * weight
                 all_reduce_gradients(params, acc)
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
                 updates += 1

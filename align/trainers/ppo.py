@@ -54,7 +54,8 @@ from align.data.batching import BatchStream, shard
 from align.data.loading import SkipCounter
 from align.data.prompts import load_train_and_eval_prompts
 from align.experience import (
-    RolloutRewards, Samples, eos_token_ids, response_logprobs, sample_and_score, sampling_generator,
+    RolloutRewards, Samples, completion_generators, eos_token_ids, gather_rollout, response_logprobs, sample_and_score,
+    sampling_generator,
 )
 from align.lora import effective_learning_rate
 from align.losses.policy import (
@@ -66,7 +67,7 @@ from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
-    resume_step, save_policy, start_loop, start_run,
+    resume_step, save_policy, shard_if_asked, start_loop, start_run,
 )
 
 # ---------------------------------------------------------------- PPO's own pieces: values, GAE, loss
@@ -80,25 +81,30 @@ def response_values(base: SharedBase, input_ids_BL: torch.Tensor, attention_mask
 
 @dataclass
 class Experience:
-    """One scored rollout batch with values and advantages, ready for PPO epochs."""
+    """One scored rollout batch with values and advantages, ready for PPO epochs: the GLOBAL batch
+    (every process's rows, in process order), so that each process can take its share of any
+    minibatch and the advantages are whitened over the whole batch, whatever the world size."""
 
-    samples: Samples
+    input_ids_BL: torch.Tensor
+    attention_mask_BL: torch.Tensor
+    response_mask_BT: torch.Tensor
+    old_logps_BT: torch.Tensor
     old_values_BT: torch.Tensor
     advantages_BT: torch.Tensor
     returns_BT: torch.Tensor
 
+    def __len__(self) -> int:
+        return self.input_ids_BL.shape[0]
+
     def rows(self, index: list[int]) -> dict[str, torch.Tensor]:
-        s = self.samples
-        return {"input_ids_BL": s.input_ids_BL[index], "attention_mask_BL": s.attention_mask_BL[index],
-                "response_mask_BT": s.response_mask_BT[index], "old_logps_BT": s.old_logps_BT[index],
-                "old_values_BT": self.old_values_BT[index], "advantages_BT": self.advantages_BT[index],
-                "returns_BT": self.returns_BT[index]}
+        return {name: getattr(self, name)[index] for name in (
+            "input_ids_BL", "attention_mask_BL", "response_mask_BT", "old_logps_BT", "old_values_BT", "advantages_BT", "returns_BT")}
 
 
 @torch.no_grad()
-def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: RecipeConfig) -> Experience:
-    """Values, per-token rewards and GAE advantages of a scored rollout batch; adds `kl` and
-    `reward/total` to its stats."""
+def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: RecipeConfig, accelerator=None) -> Experience:
+    """Values of this process's rollout rows, then (over the global batch, `gather_rollout`)
+    per-token rewards and GAE advantages; adds `kl` and `reward/total` to the stats."""
     t0 = time.time()
     P, mask_BT = samples.prompt_width, samples.response_mask_BT.bool()
     values = []
@@ -106,12 +112,14 @@ def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: Reci
         part = slice(start, start + cfg.rollout.forward_batch_size)
         values.append(response_values(base, samples.input_ids_BL[part], samples.attention_mask_BL[part], P))
     old_values_BT = torch.where(mask_BT, torch.cat(values).float(), 0.0)
+    rollout = gather_rollout(accelerator, samples, base.tokenizer.pad_token_id, old_values_BT=old_values_BT)
+    mask_BT = rollout["response_mask_BT"].bool()
     # r_t = -kl_coef * KL_t, plus the score at the last response token (Ziegler et al. 2019, eq. 2)
-    rewards_BT, kl_BT = per_token_rewards(samples.scores_B, samples.old_logps_BT, samples.ref_logps_BT, mask_BT,
+    rewards_BT, kl_BT = per_token_rewards(rollout["scores_B"], rollout["old_logps_BT"], rollout["ref_logps_BT"], mask_BT,
                                           kl_coef, cfg.rollout.kl_estimator)
     if cfg.ppo.whiten_rewards:
         rewards_BT = masked_whiten(rewards_BT, mask_BT, shift_mean=False)  # rescale only (TRL 0.x)
-    advantages_BT, returns_BT = gae_advantages(rewards_BT, old_values_BT, mask_BT, cfg.ppo.gamma, cfg.ppo.lam)
+    advantages_BT, returns_BT = gae_advantages(rewards_BT, rollout["old_values_BT"], mask_BT, cfg.ppo.gamma, cfg.ppo.lam)
     if int(mask_BT.sum()) > 1:
         advantages_BT = masked_whiten(advantages_BT, mask_BT)  # A <- (A - mean) / std over response tokens
     samples.stats.update({
@@ -119,7 +127,8 @@ def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: Reci
         "kl": float(kl_BT.sum(-1).mean()),  # per-sequence KL(policy || reference), summed over tokens
         "time/forward": samples.stats["time/forward"] + time.time() - t0,
     })
-    return Experience(samples, old_values_BT, advantages_BT, returns_BT)
+    return Experience(rollout["input_ids_BL"], rollout["attention_mask_BL"], rollout["response_mask_BT"],
+                      rollout["old_logps_BT"], rollout["old_values_BT"], advantages_BT, returns_BT)
 
 
 def ppo_minibatch_loss(base: SharedBase, batch: dict[str, torch.Tensor], cfg: RecipeConfig) -> tuple[torch.Tensor, dict]:
@@ -188,6 +197,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     named_params = _named_trainable(base)
     policy_lr = run.derived["learning_rate"]
     value_lr = policy_lr if ppo.value_lr is None else effective_learning_rate(ppo.value_lr, cfg.mode == "lora", cfg.optimizer.lr_rule)
+    shard_if_asked(run, base.model, base.all_adapter_parameters())
     optimizer = make_optimizer([{"params": policy_params, "lr": policy_lr, "name": "policy"},
                                 {"params": value_params, "lr": value_lr, "name": "value"}], cfg, policy_lr)
     updates_per_iteration = ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
@@ -226,27 +236,36 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         t_start = time.time()
         # ---- rollout and experience (this process's share of the prompts)
         rows = [train_rows[i] for i in shard(stream.batch(step), run.rank, run.world)]
-        samples = sample_and_score(base, rows, rewards, cfg, sampling_generator(cfg.train.seed, step, run.rank), eos_ids)
-        exp = ppo_experience(base, samples, kl_ctl.value, cfg)
-        run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples, exp.advantages_BT, cfg.rollout.kl_estimator)
+        mine = range(run.rank * local_rollout, (run.rank + 1) * local_rollout)  # global positions of this process's rows
+        samples = sample_and_score(base, rows, rewards, cfg, completion_generators(cfg.train.seed, step, list(mine)), eos_ids)
+        exp = ppo_experience(base, samples, kl_ctl.value, cfg, acc)
+        run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples,
+                                 exp.advantages_BT[mine.start : mine.stop, : samples.response_mask_BT.shape[1]],
+                                 cfg.rollout.kl_estimator)
 
         # ---- update: ppo_epochs passes of shuffled minibatches (train mode: LoRA dropout, if any)
         t0 = time.time()
         _set_update_mode(base, True)
         sums: dict[str, float] = {}
         grad_norms = []
-        order_gen = sampling_generator(cfg.train.seed, step, run.rank, 1)
+        order_gen = sampling_generator(cfg.train.seed, step, 0, 1)  # one minibatch order for every process
         for _ in range(ppo.ppo_epochs):
-            order = torch.randperm(local_rollout, generator=order_gen).tolist()
-            for start in range(0, local_rollout, local_minibatch):
-                loss, stats = ppo_minibatch_loss(base, exp.rows(order[start : start + local_minibatch]), cfg)
-                loss.backward()
-                # Each process holds an equal share of the minibatch and the mean over it; the
-                # average of those gradients over processes is the gradient of the global mean.
+            order = torch.randperm(ppo.rollout_batch_size, generator=order_gen).tolist()
+            for start in range(0, ppo.rollout_batch_size, ppo.minibatch_size):
+                minibatch = order[start : start + ppo.minibatch_size]
+                share = minibatch[run.rank * local_minibatch : (run.rank + 1) * local_minibatch]
+                batch = exp.rows(share)
+                loss, stats = ppo_minibatch_loss(base, batch, cfg)
+                # The losses are token means over this process's share; weighted by its share of
+                # the minibatch's tokens (x world: all_reduce_gradients averages), the processes'
+                # gradients average to the gradient of the token mean over the whole minibatch.
+                tokens = float(batch["response_mask_BT"].sum())
+                weight = run.world * tokens / max(float(exp.response_mask_BT[minibatch].sum()), 1.0) if run.world > 1 else 1.0
+                (loss * weight).backward()
                 all_reduce_gradients(params, acc)
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                for k, v in stats.items():  # token means too: weighted alike, they average to the minibatch's
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight
         _set_update_mode(base, False)
         local = {**samples.stats, **{k: v / updates_per_iteration for k, v in sums.items()}, "time/update": time.time() - t0}
         local["grad_norm"] = sum(grad_norms) / len(grad_norms)

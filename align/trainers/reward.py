@@ -52,7 +52,7 @@ from align.modes import eval_mode
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, accumulated_step, checkpoint_saver, end_of_step, finish_run, load_shared_base, make_optimizer,
-    make_scheduler, peak_memory_bytes, resume_step, start_loop, start_run,
+    make_scheduler, peak_memory_bytes, resume_step, shard_if_asked, start_loop, start_run,
 )
 
 ROLE = "reward"
@@ -125,6 +125,7 @@ def train_reward(cfg: RecipeConfig) -> TrainResult:
               {"params": [p for p in params if id(p) in head_ids]}]
     if cfg.reward.head_lr is not None:
         groups[1]["lr"] = cfg.reward.head_lr
+    shard_if_asked(run, base.model, base.all_adapter_parameters())
     optimizer = make_optimizer(groups, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
 

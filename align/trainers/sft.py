@@ -29,8 +29,8 @@ from align.memory import count_parameters
 from align.models import load_model_and_tokenizer
 from align.modes import eval_mode
 from align.trainers.common import (
-    TrainResult, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, make_optimizer, make_scheduler,
-    resume_step, start_loop, start_run,
+    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, make_optimizer, make_scheduler,
+    resume_step, shard_if_asked, start_loop, start_run,
 )
 
 
@@ -91,7 +91,10 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     params = [p for _, p in named_params]
     optimizer = make_optimizer(params, cfg, run.derived["learning_rate"])
     scheduler = make_scheduler(optimizer, cfg, cfg.train.steps)
-    ddp_model = acc.prepare_model(model) if run.world > 1 else model
+    # Several processes: DDP over the whole model, or (fsdp) the base sharded and the adapter's
+    # gradients averaged by hand after the last micro-batch.
+    shard_if_asked(run, model, params)
+    ddp_model = acc.prepare_model(model) if run.world > 1 and not run.sharded else model
 
     optimizers, schedulers = {"policy": optimizer}, {"policy": scheduler}
     start_step = resume_step(run, named_params, optimizers, schedulers)
@@ -120,13 +123,15 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
             batch = collate_sft([train_examples[i] for i in micro_rows], tokenizer.pad_token_id, completion_only)
             batch = {key: v.to(acc.device) for key, v in batch.items()}
             sync = k == micro_batches_per_step - 1
-            with (acc.no_sync(ddp_model) if (run.world > 1 and not sync) else nullcontext()):
+            with (acc.no_sync(ddp_model) if (ddp_model is not model and not sync) else nullcontext()):
                 logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 nll, _ = causal_lm_nll_sum(logits, batch["labels"])
                 # DDP averages gradients over processes, so scale by world size to get the
                 # gradient of (sum of token NLL over the global batch) / (global target tokens).
                 acc.backward(nll * run.world / global_tokens)
             nll_total += nll.detach()
+        if run.sharded:
+            all_reduce_gradients(params, acc)
         grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc)
         loss = float(acc.reduce(nll_total, reduction="sum")) / global_tokens
         metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
