@@ -588,7 +588,7 @@ PLOT_JS = r"""
     return marks;
   }
   function barChart(div, spec) {
-    var n = spec.categories.length, W = 760, rowH = 30, m = {l: 210, r: 20, t: 26, b: 36};
+    var n = spec.categories.length, W = 760, rowH = 30, m = {l: 210, r: 56, t: 26, b: 36};
     var legendRows = Math.ceil(spec.stacks.length / 4), H = m.t + n * rowH + m.b + legendRows * 16;
     var svg = el("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img"}, div);
     title(svg, W, spec.title);

@@ -248,7 +248,8 @@ class Tracker:
 
         hists = {"rollout/hist/reward": samples.raw_scores_B.float().cpu().numpy()}
         if advantages is not None:
-            values = advantages[mask_BT] if advantages.dim() == 2 else advantages
+            # per token (B, T) over the response mask, or one per completion (B,)
+            values = advantages[mask_BT] if advantages.shape == mask_BT.shape else advantages.flatten()
             hists["rollout/hist/advantage"] = values.float().cpu().numpy()
         if kl_estimator and samples.old_logps_BT is not None and samples.ref_logps_BT is not None:
             from align.losses.policy import get_kl_estimator
