@@ -432,7 +432,7 @@ def study_report(study: dict[str, Any], page: _Page) -> None:
         table_rows.append([_e(r["configuration"]), f"{r['best_lr']:g}" + (" <b>EDGE</b>" if r.get("edge") else ""),
                            f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f}", f"{diff:+.3f}", f"{r['metric_before']:.3f}",
                            _e(r["seeds"]), f"{r['peak_memory_mb']:.0f}", f"{r['trainable_parameters']:,}",
-                           ", ".join(f"{float(lr):g}: {m:.3f}" for lr, (m, _) in r["by_lr"].items())])
+                           ", ".join(f"{float(lr):g}: {m:.3f}" for lr, (m, _) in _finite_lrs(r))])
     notes = "".join(f"<p class=\"note\">{_e(n)}</p>" for n in study.get("notes", []))
     page.section("parity table", _table(["configuration", "best LR", f"{metric} (mean ± std)", "vs full", "before", "seeds",
                                          "peak memory (MB)", "trainable params", "all LRs (seed mean)"], table_rows) + notes)

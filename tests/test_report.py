@@ -11,7 +11,9 @@ Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_report.py` (about 15 s).
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,44 @@ def test_verdict_in_units_of_the_combined_seed_spread():
     assert lines[1].startswith("b trails full") and "-2.0 combined" in lines[1]
     assert lines[2].startswith("c beats full") and "EDGE" in lines[2]
     assert verdict(rows[1:]) == ["No 'full' configuration: nothing to compare against."]
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("sft", ["method=sft", "data.task=arithmetic", "data.num_train=64", "data.num_eval=16", "train.batch_size=8"]),
+    ("reward", ["method=reward", "data.task=preference", "data.num_train=64", "data.num_eval=16", "train.batch_size=8"]),
+    ("grpo", ["method=grpo", "data.task=arithmetic", "data.num_train=64", "rollout.max_new_tokens=6",
+              "grpo.prompts_per_iteration=4", "grpo.group_size=4", "grpo.minibatch_size=8"]),
+])
+def test_every_method_gives_a_page(method, overrides, tmp_path):
+    import types
+
+    from align.cli import _train
+
+    out = tmp_path / method
+    _train(types.SimpleNamespace(recipe=None, overrides=[*COMMON, *overrides, f"output_dir={out}"]))
+    page = build_report([out])
+    charts = chart_data(page)
+    assert charts and all(c.get("series") or c.get("stacks") for c in charts)
+    assert any(c["title"] == "loss" for c in charts) and "<h2>sampled completions</h2>" in page
+
+
+def test_study_json_from_parity_round_trips(tmp_path):
+    """parity.py's study.json (what `align report STUDY` reads), with a metric some runs lack (NaN)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import parity
+
+    rows = [{"configuration": name, "best_lr": lr, "edge": "", "metric_mean": mean, "metric_std": 0.01,
+             "metric_before": 0.5, "seeds": 3, "peak_memory_mb": 100.0, "trainable_parameters": 10,
+             "wall_time_s": 1.0, "by_lr": {lr / 3: (mean - 0.1, 0.02), lr: (mean, 0.01), lr * 3: (math.nan, math.nan)},
+             "curves": [{0: 0.5, 10: mean}, {0: 0.5, 10: mean + 0.01}]}
+            for name, lr, mean in (("full", 1e-4, 0.8), ("lora_r8", 3e-4, 0.79))]
+    study = parity.STUDIES["ppo"]
+    (tmp_path / "table.csv").write_text("configuration\n")
+    parity.write_study_json(study, rows, tmp_path, "parity ppo", ["a note"], tmp_path / "runs")
+    data = json.loads((tmp_path / "study.json").read_text())
+    assert data["verdict"] == [line for line in verdict(data["rows"])] and "lora_r8 matches full" in data["verdict"][0]
+    page = build_report([tmp_path])
+    by_lr, curves = chart_data(page)
+    assert [len(s["points"]) for s in by_lr["series"]] == [2, 2]  # the NaN point is left out, not drawn as 0
+    assert curves["series"][0]["band"][1][2] == pytest.approx(0.805 + 0.5 ** 0.5 * 0.01)  # mean + std of 0.8 and 0.81
+    assert "a note" in page
