@@ -97,11 +97,13 @@ def curve_charts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     charts = []
     for title, ylabel, keys in CURVES:
         series = []
+        several = len(runs) > 1  # several runs: a color per run, a dash per key; one run: a color per key
         for r, run in enumerate(runs):
             present = [k for k in keys if _points(run["metrics"], k)]
             for d, key in enumerate(present):
-                series.append({"name": f"{run['name']}: {key}" if len(runs) > 1 else key, "color": COLORS[r % len(COLORS)]
-                               if len(runs) > 1 else COLORS[d % len(COLORS)], "dash": DASHES[d % len(DASHES)] if len(runs) > 1 else "",
+                series.append({"name": f"{run['name']}: {key}" if several else key,
+                               "color": COLORS[(r if several else d) % len(COLORS)],
+                               "dash": DASHES[d % len(DASHES)] if several else "",
                                "points": _points(run["metrics"], key)})
         if series:
             charts.append({"kind": "line", "title": title, "xlabel": "step", "xint": True, "ylabel": ylabel, "series": series})

@@ -180,8 +180,8 @@ class Tracker:
         keys closes an evaluation (the one before training also covers setup: model loading), any
         other row closes training steps; `finish` closes the finishing (final save and evaluation
         fall in the last evaluation's interval). Measured here, so every trainer gets it."""
-        now, elapsed = time.time(), time.time() - self._clock
-        self._clock = now
+        now = time.time()
+        elapsed, self._clock = now - self._clock, now
         only_eval = all(k == "step" or k.startswith("eval/") for k in row)
         if only_eval and not any(self._time_split.values()):
             self._time_split["setup"] += elapsed
