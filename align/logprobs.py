@@ -6,9 +6,19 @@ What it does:
   through `SharedBase.logprobs(role, ...)` (PPO and DPO, the reward head's log-prob readout) or
   directly (SFT evaluation). Only the positions that predict a target token go through the LM
   head, from the final hidden states: prompt and padding positions never build a row of logits.
-  Models whose head changes logits after the projection (Gemma-2's soft-capping, Cohere's
-  `logit_scale`, ...: `LOGIT_TRANSFORMS`) take the model's own full forward instead, so the
-  log-probs trained are those of the distribution that generation samples from;
+  When those rows' float32 logits exceed `chunk_bytes` (`train.logprob_chunk_mib`, default 32 MiB:
+  55 tokens a chunk at a 151,936-token vocabulary) they go through the head in chunks
+  (`chunked_head_logprobs`, an autograd function), so no (batch, tokens, vocab) tensor exists in
+  the forward or the backward: for a frozen head (LoRA) the forward keeps d log p / d h, an
+  (N, hidden) tensor, and the backward touches no logits; a trainable head (full fine-tuning)
+  recomputes each chunk once in the backward for its weight gradient. Entropies come from the same
+  chunks. A batch that fits in one chunk (every built-in-model batch) runs in one piece, as before.
+  Heads that change logits after the projection and whose arithmetic is known (`logit_transform`:
+  Gemma-2/3 soft-capping, Cohere's `logit_scale`, Granite's `logits_scaling`) apply it per chunk;
+  other `LOGIT_TRANSFORMS` models take the model's own full forward, so the log-probs trained are
+  always those of the distribution that generation samples from. The chunks run over target
+  tokens, not over the vocabulary: softmax needs a row's logsumexp before any p_v, so vocabulary
+  chunks would compute each logit twice, and one float32 row is 0.6 MB even at 151,936 tokens;
 - `gather_logprobs(logits_..V, labels_...)`: log p(label) = `logit[label] - logsumexp(logits)`,
   one batch row at a time for 3-D input, so no full (B, T, V) log-softmax copy is made;
 - `reduce_logprobs` / `sum_and_mean_logprobs` / `sequence_logprob_sums`: per-sequence reductions;
