@@ -81,7 +81,8 @@ def every_process(flag: bool, model: nn.Module) -> bool:
         return flag
     import torch.distributed as dist
 
-    agreed = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    device = local_tensor(next(causal_lm(model).parameters())).device  # NCCL reduces CUDA tensors only
+    agreed = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     return bool(agreed.item())
 
