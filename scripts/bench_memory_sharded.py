@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.world} processes under {args.strategy}, then 1 process", flush=True)
     runs = {"single": launch(1, args.model, args.strategy, out / "single"),
             args.strategy: launch(args.world, args.model, args.strategy, out / args.strategy)}
-    print(f"| run | process | base weights | adapters | heads | gradients | optimizer | accounted | peak | step s |")
+    print("| run | process | base weights | adapters | heads | gradients | optimizer | accounted | peak | step s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, reports in runs.items():
         for r in reports:
