@@ -89,9 +89,23 @@ def worker(out: Path, model_name: str, strategy: str) -> None:
             torch.cuda.synchronize()
         seconds = (time.process_time() if not cuda else time.time()) - t0
     report = memory_report(base, optimizer)
-    report.update(peak=peak_bytes(device), step_s=seconds, rank=rank)
+    report.update(peak=peak_bytes(device), now=current_bytes(device), step_s=seconds, rank=rank)
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
+
+
+def current_bytes(device) -> int:
+    """What the process holds now, after the steps: CUDA's allocated bytes, or on CPU the resident
+    set size (VmRSS; Linux), which unlike the peak does not include the whole model every process
+    builds before sharding it."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def free_port() -> int:
@@ -124,19 +138,22 @@ def main(argv: list[str] | None = None) -> None:
     import tempfile
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_memory_sharded-"))
-    print(f"{args.model}: PPO roles on one base, LoRA r{LORA['rank']}, {BATCH[0]} x {BATCH[1]} tokens per process; "
+    print(f"{args.model}: PPO roles on one base, LoRA r{LORA['rank']}, {BATCH[0]} x {BATCH[1]} tokens per process (MiB); "
           f"{args.world} processes under {args.strategy}, then 1 process", flush=True)
     runs = {"single": launch(1, args.model, args.strategy, out / "single"),
             args.strategy: launch(args.world, args.model, args.strategy, out / args.strategy)}
-    print("| run | process | base weights | adapters | heads | gradients | optimizer | accounted | peak | step s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | process | base weights | adapters | heads | gradients | optimizer | accounted | held after steps | peak | step s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, reports in runs.items():
         for r in reports:
             print(f"| {name} | {r['rank']} | {mb(r['base_weights'])} | {mb(r['adapter_weights'])} | {mb(r['heads'])} | "
-                  f"{mb(r['gradients'])} | {mb(r['optimizer_state'])} | {mb(r['total'])} | {mb(r['peak'])} | {r['step_s']:.2f} |")
+                  f"{mb(r['gradients'])} | {mb(r['optimizer_state'])} | {mb(r['total'])} | {mb(r['now'])} | {mb(r['peak'])} | "
+                  f"{r['step_s']:.2f} |")
     single, sharded = runs["single"][0], runs[args.strategy]
+    held_ratio = max(r["now"] for r in sharded) / max(single["now"], 1)
     peak_ratio = max(r["peak"] for r in sharded) / single["peak"]
-    print(f"peak per process {args.strategy}/single: {peak_ratio:.2f} (includes the libraries and activations)")
+    print(f"held after the steps per process {args.strategy}/single: {held_ratio:.2f} (libraries, buffers and the "
+          f"gathered embeddings included); peak: {peak_ratio:.2f} (every process builds the whole model before sharding it)")
     ratio = max(r["base_weights"] for r in sharded) / single["base_weights"]
     print(f"base bytes per process {args.strategy}/single: {ratio:.2f}")
 
