@@ -159,14 +159,14 @@ def time_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
                        for i, n in enumerate(names)]}
 
 
-def _finite(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
     """JSON for the page's script: NaN and infinities (a metric a run lacks) become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
 
 
@@ -213,7 +213,7 @@ class _Page:
         return f'<div class="plot" id="plot-{len(self.charts) - 1}" data-chart="{len(self.charts) - 1}"></div>'
 
     def render(self) -> str:
-        data = json.dumps(_finite(self.charts)).replace("</", "<\\/")
+        data = json.dumps(finite_json(self.charts)).replace("</", "<\\/")
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(self.title)}</title>"
                 f"<style>{CSS}</style></head><body><header><h1>{_e(self.title)}</h1>"

@@ -300,7 +300,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
 def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, notes: list[str], runs_dir: Path) -> None:
     """study.json: every number `align report STUDY_DIR` draws (per configuration: the metric by LR,
     the curves of each seed at the best LR, the table's columns) and the verdict."""
-    from align.report import verdict
+    from align.report import finite_json, verdict
 
     def clean(row: dict) -> dict:
         out = {k: v for k, v in row.items() if k not in ("by_lr", "curves")}
@@ -312,18 +312,7 @@ def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, 
             "secondary": study.secondary, "recipe": study.recipe, "runs_dir": str(runs_dir), "notes": list(notes),
             "rows": [clean(r) for r in rows]}
     data["verdict"] = verdict(data["rows"])
-    (out_dir / "study.json").write_text(json.dumps(_finite(data), indent=1) + "\n")
-
-
-def _finite(value):
-    """JSON has no NaN: a missing number (a metric some runs lack) becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    (out_dir / "study.json").write_text(json.dumps(finite_json(data), indent=1) + "\n")
 
 
 def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> None:
