@@ -40,7 +40,7 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
 class LoraSettings:
     rank: int = _f(8, "LoRA rank r (adapters are rank-r updates B @ A).")
     alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    targets: Literal["all", "attention", "mlp"] = _f("all", "Which linear layers get adapters.")
+    targets: Literal["all", "attention", "mlp", "all+embeddings"] = _f("all", "Which layers get adapters: all (every attention and MLP linear layer of the blocks), attention, mlp, or all+embeddings (all, plus the input embeddings and the LM head as LoRA adapters on the same frozen base; with tied embeddings the embeddings only, the head keeps the shared frozen weight).")
     dropout: float = _f(0.0, "Dropout on the LoRA input.")
 
 

@@ -4,6 +4,12 @@ What it does:
 - resolves a target preset (`all`, `attention`, `mlp`) into the explicit module names of the
   transformer blocks of any architecture (Llama-style `q_proj/.../down_proj`, GPT-2-style
   `c_attn/c_proj/c_fc` Conv1D layers, and others whose module names say attn/mlp);
+  `all+embeddings` adds the input embeddings and the LM head (adapters on the same frozen base:
+  peft's LoRA `Embedding` and `Linear` layers wrap the base modules, no weight is copied). With
+  tied embeddings (the LM head's weight IS the embedding weight) only the embeddings get an
+  adapter: the head keeps the frozen shared weight, so the adapter changes the input side only;
+  an adapter of its own on the head would no longer be "tied". The built-in bases are untied,
+  so there both get adapters;
 - builds the `peft.LoraConfig` (alpha 32 by default, 1/r scaling, B initialised to zero);
 - applies the optional learning-rate rule: LoRA LR = 10 x the FullFT LR.
 
@@ -19,7 +25,7 @@ import re
 
 import torch.nn as nn
 
-TARGET_PRESETS = ("all", "attention", "mlp")
+TARGET_PRESETS = ("all", "attention", "mlp", "all+embeddings")
 
 # Finding 1 of "LoRA Without Regret": LoRA's best LR is ~10x FullFT's with alpha=32, 1/r scaling.
 LORA_LR_MULTIPLIER = 10.0
@@ -41,7 +47,9 @@ def resolve_target_modules(model: nn.Module, targets: str) -> list[str]:
     """Return the full module names of the linear layers that `targets` selects.
 
     `all` = every linear layer of attention and MLP inside the transformer blocks; heads,
-    embeddings and layers outside the blocks are never targeted.
+    embeddings and layers outside the blocks are not targeted. `all+embeddings` = `all` plus the
+    input embeddings and the LM head (`embedding_target_modules`). Scalar heads (reward, value)
+    live outside the model and are never targeted.
     """
     if targets not in TARGET_PRESETS:
         raise ValueError(f"lora.targets must be one of {TARGET_PRESETS}, got {targets!r}")
@@ -51,7 +59,7 @@ def resolve_target_modules(model: nn.Module, targets: str) -> list[str]:
             continue
         in_attention = bool(_ATTENTION_PATTERN.search(name))
         in_mlp = bool(_MLP_PATTERN.search(name))
-        if targets == "all" and (in_attention or in_mlp):
+        if targets in ("all", "all+embeddings") and (in_attention or in_mlp):
             names.append(name)
         elif targets == "attention" and in_attention:
             names.append(name)
@@ -62,7 +70,32 @@ def resolve_target_modules(model: nn.Module, targets: str) -> list[str]:
             f"lora.targets={targets!r} matched no linear layer in {type(model).__name__}; "
             "its attention/MLP modules are not named like attn/self_attn/mlp"
         )
+    if targets == "all+embeddings":
+        names += embedding_target_modules(model)
     return names
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    """Whether the LM head's weight is the input embedding's weight (one tensor)."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None:
+        return False
+    return outputs.weight is inputs.weight or outputs.weight.data_ptr() == inputs.weight.data_ptr()
+
+
+def embedding_target_modules(model: nn.Module) -> list[str]:
+    """Module names of the input embeddings and the LM head, for `lora.targets: all+embeddings`.
+    Tied embeddings: the embeddings only (module docstring)."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    inputs, outputs = (get_in() if get_in else None), (get_out() if get_out else None)
+    if not isinstance(inputs, nn.Embedding):
+        raise ValueError(f"lora.targets='all+embeddings': {type(model).__name__} has no nn.Embedding input embeddings")
+    wanted = [inputs] if outputs is None or embeddings_tied(model) else [inputs, outputs]
+    if len(wanted) == 2 and not _is_linear(outputs):
+        raise ValueError(f"lora.targets='all+embeddings': the LM head of {type(model).__name__} is a "
+                         f"{type(outputs).__name__}, not a linear layer")
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(module)] for module in wanted]
 
 
 def peft_lora_config(model: nn.Module, lora):

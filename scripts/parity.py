@@ -79,7 +79,14 @@ class Study:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     smoke_overrides: list[str] = field(default_factory=list)
     smoke_configurations: list[str] = field(default_factory=lambda: ["full", "lora_r4"])  # names kept in --smoke
-    smoke_lr_indices: tuple[int, int] = (0, -1)
+    smoke_lr_indices: tuple[int, ...] = (0, -1)
+    # Defaults of --runs-dir / --out (None: runs/parity_<method>, results/parity_<method>). Studies
+    # that share the dpo study's run folder reuse its finished runs (same recipe and overrides).
+    runs_dir: str | None = None
+    out_dir: str | None = None
+    # Optional extra plot and table: the best-LR metric of each configuration against a numeric
+    # axis, one curve per series: (axis label, {configuration name: (series, x)}).
+    axis: tuple[str, dict[str, tuple[str, float]]] | None = None
 
 
 def _lora(rank: int, lrs: list[float]) -> Configuration:
@@ -102,20 +109,99 @@ LORA_GRPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x, around FullFT's grid x 10 (the 
 FULL_RM_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3]
 LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 
+DPO_OVERRIDES = [
+    "optimizer.lr_rule=false",  # every LR here is the LR actually used
+    "train.steps=60", "train.batch_size=32", "train.log_every=10", "train.eval_every=30",
+    "eval.num_prompts=256", "data.num_eval=256", "tracking.wandb=false", "train.threads=1",
+]
+DPO_SMOKE_OVERRIDES = ["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
+                       "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"]
+
+
+def _dpo_study(configurations: list[Configuration], smoke_configurations: list[str], **kwargs) -> Study:
+    """A study of the DPO gap (issue 13): the dpo study's recipe, overrides and metric; its runs go
+    to the dpo study's run folder, so the rows it shares with it (full, lora_r1/r4/r8 at 60 steps,
+    batch 32) are its finished runs, not new ones; configuration names say what differs."""
+    return Study(recipe="recipes/dpo_lora.yaml", overrides=list(DPO_OVERRIDES), configurations=configurations,
+                 metric="gold_score_sampled", metric_label="gold score of sampled completions (held-out prompts)",
+                 secondary=["pairs/rewards/accuracies", "accuracy_sampled"], smoke_overrides=list(DPO_SMOKE_OVERRIDES),
+                 smoke_configurations=smoke_configurations, smoke_lr_indices=(0,), runs_dir="runs/parity_dpo", **kwargs)
+
+
+# The DPO gap, a: LoRA with adapters on the input embeddings and the LM head too
+# (`lora.targets: all+embeddings`; the built-in base is untied, so both get adapters).
+EMB_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x around the targets=all optimum (3e-4 for r1/r4, 1e-3 for r8)
+# b: a finer grid between the ~3.16x points, 1e-3..3e-3 included, for every configuration (the
+# x3.16 points are the dpo study's runs) ...
+FINE_FULL_DPO_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
+FINE_LORA_DPO_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3]
+# ... and twice the steps (120 at batch 32) for the ranks that trail (1, 4) and FullFT, around their best.
+LONG_FULL_DPO_LRS = [1e-4, 3e-4, 1e-3]
+LONG_LORA_DPO_LRS = [1e-4, 3e-4, 1e-3]
+# c: batch size 8 / 32 / 128 (16x) at a fixed 1920 examples seen (60 steps at 32), warmup a fixed
+# share of them (5 steps at 32), ranks 1 and 8 and FullFT, a 3-point grid per batch size;
+# batch 32 is the dpo study's configurations.
+BATCH_SIZES = (8, 32, 128)
+BATCH_DPO_LRS = {
+    "full": {8: [1e-4, 3e-4, 1e-3], 128: [3e-4, 1e-3, 3e-3]},
+    "lora_r1": {8: [1e-4, 3e-4, 1e-3], 128: [3e-4, 1e-3, 3e-3]},
+    "lora_r8": {8: [3e-4, 1e-3, 3e-3], 128: [3e-4, 1e-3, 3e-3]},
+}
+
+
+def _at_batch(config: Configuration, batch: int, lrs: list[float], examples: int = 1920) -> Configuration:
+    steps = examples // batch
+    return Configuration(f"{config.name}_bs{batch}", [*config.overrides, f"train.batch_size={batch}", f"train.steps={steps}",
+                         f"optimizer.warmup_steps={max(1, round(5 * 32 / batch))}", f"train.eval_every={max(1, steps // 2)}",
+                         f"train.log_every={max(1, steps // 6)}"], lrs)
+
+
+def _emb(rank: int, lrs: list[float]) -> Configuration:
+    return Configuration(f"lora_emb_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all+embeddings"], lrs)
+
+
+def _long(config: Configuration, lrs: list[float], steps: int = 120) -> Configuration:
+    return Configuration(f"{config.name}_steps{steps}", [*config.overrides, f"train.steps={steps}", f"train.eval_every={steps // 4}"], lrs)
+
+
+_BASELINE = {c.name: c for c in _full_and_lora(FULL_DPO_LRS, LORA_DPO_LRS)}
+
 STUDIES: dict[str, Study] = {
     "dpo": Study(
         recipe="recipes/dpo_lora.yaml",
-        overrides=[
-            "optimizer.lr_rule=false",  # every LR here is the LR actually used
-            "train.steps=60", "train.batch_size=32", "train.log_every=10", "train.eval_every=30",
-            "eval.num_prompts=256", "data.num_eval=256", "tracking.wandb=false", "train.threads=1",
-        ],
+        overrides=list(DPO_OVERRIDES),
         configurations=_full_and_lora(FULL_DPO_LRS, LORA_DPO_LRS),
         metric="gold_score_sampled",
         metric_label="gold score of sampled completions (held-out prompts)",
         secondary=["pairs/rewards/accuracies", "accuracy_sampled"],
-        smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
-                         "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"],
+        smoke_overrides=list(DPO_SMOKE_OVERRIDES),
+    ),
+    # The DPO gap (issue 13), a: LoRA on the embeddings and LM head too, beside the dpo study's rows.
+    "dpo_gap_embed": _dpo_study(
+        [*_BASELINE.values(), *(_emb(rank, EMB_DPO_LRS) for rank in (1, 4, 8))], ["lora_emb_r1"],
+        out_dir="results/atlas/dpo_gap/embed",
+        axis=("LoRA rank", {**{f"lora_r{r}": ("targets all", r) for r in (1, 4, 8)},
+                            **{f"lora_emb_r{r}": ("targets all+embeddings", r) for r in (1, 4, 8)}}),
+    ),
+    # b: the finer LR grid (60 steps), every configuration.
+    "dpo_gap_lr": _dpo_study(
+        [Configuration("full", ["mode=full"], FINE_FULL_DPO_LRS), *(_lora(rank, FINE_LORA_DPO_LRS) for rank in (1, 4, 8))],
+        ["lora_r1"], out_dir="results/atlas/dpo_gap/lr_fine",
+    ),
+    # b: twice the steps for ranks 1 and 4 and FullFT (and the 60-step rows beside them).
+    "dpo_gap_steps": _dpo_study(
+        [*_BASELINE.values(), *(_long(_BASELINE[f"lora_r{rank}"], LONG_LORA_DPO_LRS) for rank in (1, 4)),
+         _long(_BASELINE["full"], LONG_FULL_DPO_LRS)],
+        ["lora_r1_steps120"], out_dir="results/atlas/dpo_gap/steps",
+        axis=("optimizer steps (batch 32)", {**{n: (n, 60) for n in ("full", "lora_r1", "lora_r4")},
+                                             **{f"{n}_steps120": (n, 120) for n in ("full", "lora_r1", "lora_r4")}}),
+    ),
+    # c: batch size at a fixed number of examples seen.
+    "dpo_gap_batch": _dpo_study(
+        [*(c for n, c in _BASELINE.items() if n in BATCH_DPO_LRS),
+         *(_at_batch(_BASELINE[n], b, BATCH_DPO_LRS[n][b]) for n in BATCH_DPO_LRS for b in BATCH_SIZES if b != 32)],
+        ["lora_r1_bs128"], out_dir="results/atlas/dpo_gap/batch",
+        axis=("batch size (1920 examples seen)", {f"{n}_bs{b}" if b != 32 else n: (n, b) for n in BATCH_DPO_LRS for b in BATCH_SIZES}),
     ),
     # PPO on the arithmetic task with the verifiable reward (recipes/ppo_lora.yaml): policy and
     # critic are adapters of the given rank (full: full copies); the metric is sampled accuracy.
@@ -172,14 +258,23 @@ STUDIES: dict[str, Study] = {
 
 # ---- running ------------------------------------------------------------------------------------
 
+def lr_tag(lr: float) -> str:
+    """1e-03, 3e-04, ...; an LR between those keeps its second digit (1.5e-03), so no two LRs of a
+    grid share a run folder."""
+    tag = f"{lr:.0e}"
+    return tag if float(tag) == lr else f"{lr:.1e}"
+
+
 def run_name(config: Configuration, lr: float, seed: int) -> str:
-    return f"{config.name}-lr{lr:.0e}-s{seed}"
+    return f"{config.name}-lr{lr_tag(lr)}-s{seed}"
 
 
 def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: Path, extra: list[str],
-           group: str = "parity", wandb: bool = False) -> Path:
+           group: str = "parity", wandb: bool = False, tail: list[str] = ()) -> Path:
     """One run in its own process. wandb (with --wandb; offline unless logged in) groups a study's
-    runs: group = the study, job_type = the configuration, name = configuration-lr-seed."""
+    runs: group = the study, job_type = the configuration, name = configuration-lr-seed. `tail`:
+    overrides after the configuration's own (--smoke: its few steps win over a configuration's
+    steps and batch size)."""
     out = runs_dir / run_name(config, lr, seed)
     if (out / "summary.json").exists():
         return out
@@ -187,7 +282,7 @@ def launch(study: Study, config: Configuration, lr: float, seed: int, runs_dir: 
         import shutil
 
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "align.cli", "train", study.recipe, *study.overrides, *extra, *config.overrides,
+    cmd = [sys.executable, "-m", "align.cli", "train", study.recipe, *study.overrides, *extra, *config.overrides, *tail,
            f"optimizer.lr={lr}", f"train.seed={seed}", f"output_dir={out}",
            f"tracking.group={group}", f"tracking.job_type={config.name}", f"tracking.run_name={out.name}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -357,6 +452,54 @@ def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> No
     plt.close(fig)
 
 
+def write_axis(study: Study, rows: list[dict], out_dir: Path, title: str) -> str:
+    """The study's `axis`: each configuration's best-LR metric (seed mean ± std) against a number
+    (rank, steps, batch size), one curve per series: metric_vs_axis.png and table_axis.md/.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, points = study.axis
+    by_name = {r["configuration"]: r for r in rows}
+    series: dict[str, list[tuple[float, dict]]] = {}
+    for name, (line, x) in points.items():
+        if name in by_name:
+            series.setdefault(line, []).append((x, by_name[name]))
+    xs = sorted({x for pts in series.values() for x, _ in pts})
+    lines = [f"# {title}: {study.metric} at each configuration's best LR, by {label}", "",
+             "Seed mean ± std (best LR).", "", "| series | " + " | ".join(f"{x:g}" for x in xs) + " |",
+             "|---|" + "---|" * len(xs)]
+    with open(out_dir / "table_axis.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["series", "x", "configuration", "best_lr", "metric_mean", "metric_std", "seeds"])
+        for line, pts in series.items():
+            cells = {x: f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f} (LR {r['best_lr']:g}{', EDGE' if r['edge'] else ''})" for x, r in pts}
+            lines.append(f"| {line} | " + " | ".join(cells.get(x, "") for x in xs) + " |")
+            for x, r in sorted(pts, key=lambda p: p[0]):
+                writer.writerow([line, x, r["configuration"], r["best_lr"], r["metric_mean"], r["metric_std"], r["seeds"]])
+    text = "\n".join(lines) + "\n"
+    (out_dir / "table_axis.md").write_text(text)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for line, pts in series.items():
+        pts = sorted(pts, key=lambda p: p[0])
+        ax.errorbar([x for x, _ in pts], [r["metric_mean"] for _, r in pts], yerr=[r["metric_std"] for _, r in pts],
+                    marker="o", capsize=3, label=line)
+    if len(xs) > 1 and xs[-1] / xs[0] >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"{study.metric} (best LR each)")
+    ax.set_title(f"{title}: {study.metric} vs {label}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "metric_vs_axis.png", dpi=110)
+    plt.close(fig)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("method", choices=sorted(STUDIES))
@@ -376,13 +519,13 @@ def main(argv: list[str] | None = None) -> int:
 
     study = STUDIES[args.method]
     suffix = "_smoke" if args.smoke else ""
-    runs_dir = Path(args.runs_dir or REPO / "runs" / f"parity_{args.method}{suffix}").resolve()
-    out_dir = Path(args.out or REPO / "results" / f"parity_{args.method}{suffix}").resolve()
-    configs, seeds, extra = study.configurations, study.seeds, []
+    runs_dir = Path(args.runs_dir or REPO / ((study.runs_dir + suffix) if study.runs_dir else f"runs/parity_{args.method}{suffix}")).resolve()
+    out_dir = Path(args.out or REPO / ((study.out_dir + suffix) if study.out_dir else f"results/parity_{args.method}{suffix}")).resolve()
+    configs, seeds, extra, tail = study.configurations, study.seeds, [], []
     if args.smoke:
         keep = set(study.smoke_configurations)
         configs = [Configuration(c.name, c.overrides, [c.lrs[i] for i in study.smoke_lr_indices]) for c in configs if c.name in keep]
-        seeds, extra = seeds[:1], list(study.smoke_overrides)
+        seeds, extra, tail = seeds[:1], list(study.smoke_overrides), list(study.smoke_overrides)
     if args.model:
         extra.append(f"model={args.model}")
     extra += args.override
@@ -396,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb), jobs))
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), jobs))
         print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
     rows = collect(study, configs, seeds, runs_dir)
@@ -408,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     text = write_tables(study, rows, out_dir, title, notes)
     write_study_json(study, rows, out_dir, title, notes, runs_dir)
     write_plots(study, rows, out_dir, title)
+    if study.axis:
+        text += "\n" + write_axis(study, rows, out_dir, title)
     print(text)
     for row in rows:
         if row["edge"]:
