@@ -131,10 +131,13 @@ def _dpo_study(configurations: list[Configuration], smoke_configurations: list[s
 # The DPO gap, a: LoRA with adapters on the input embeddings and the LM head too
 # (`lora.targets: all+embeddings`; the built-in base is untied, so both get adapters).
 EMB_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x around the targets=all optimum (3e-4 for r1/r4, 1e-3 for r8)
-# b: a finer grid between the ~3.16x points, 1e-3..3e-3 included, for every configuration (the
-# x3.16 points are the dpo study's runs) ...
+# b: a finer grid around each configuration's best (the x3.16 points are the dpo study's runs):
+# 1e-3..3e-3 for rank 8 (best 1e-3); ranks 1 and 4 (best 3e-4, single seeds collapsing from 1e-3
+# up: 0.528 and 0.477 at 1e-3, 0.280 and below at 3e-3) get 2e-4 and 5e-4 instead (cut to fit the
+# time: 1.5e-3 and 2e-3 for them would be 12 more runs) ...
 FINE_FULL_DPO_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
-FINE_LORA_DPO_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3]
+FINE_LORA_DPO_LRS = {1: [1e-4, 2e-4, 3e-4, 5e-4, 1e-3], 4: [1e-4, 2e-4, 3e-4, 5e-4, 1e-3],
+                     8: [3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3]}
 # ... and twice the steps (120 at batch 32) for the ranks that trail (1, 4) and FullFT, around their best.
 LONG_FULL_DPO_LRS = [1e-4, 3e-4, 1e-3]
 LONG_LORA_DPO_LRS = [1e-4, 3e-4, 1e-3]
@@ -185,13 +188,13 @@ STUDIES: dict[str, Study] = {
     ),
     # b: the finer LR grid (60 steps), every configuration.
     "dpo_gap_lr": _dpo_study(
-        [Configuration("full", ["mode=full"], FINE_FULL_DPO_LRS), *(_lora(rank, FINE_LORA_DPO_LRS) for rank in (1, 4, 8))],
+        [Configuration("full", ["mode=full"], FINE_FULL_DPO_LRS), *(_lora(rank, FINE_LORA_DPO_LRS[rank]) for rank in (1, 4, 8))],
         ["lora_r1"], out_dir="results/atlas/dpo_gap/lr_fine",
     ),
     # b: twice the steps for ranks 1 and 4 and FullFT (and the 60-step rows beside them).
     "dpo_gap_steps": _dpo_study(
-        [*_BASELINE.values(), *(_long(_BASELINE[f"lora_r{rank}"], LONG_LORA_DPO_LRS) for rank in (1, 4)),
-         _long(_BASELINE["full"], LONG_FULL_DPO_LRS)],
+        [*_BASELINE.values(), _long(_BASELINE["lora_r1"], LONG_LORA_DPO_LRS), _long(_BASELINE["full"], LONG_FULL_DPO_LRS),
+         _long(_BASELINE["lora_r4"], LONG_LORA_DPO_LRS)],
         ["lora_r1_steps120"], out_dir="results/atlas/dpo_gap/steps",
         axis=("optimizer steps (batch 32)", {**{n: (n, 60) for n in ("full", "lora_r1", "lora_r4")},
                                              **{f"{n}_steps120": (n, 120) for n in ("full", "lora_r1", "lora_r4")}}),
