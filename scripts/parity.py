@@ -131,6 +131,7 @@ def _dpo_study(configurations: list[Configuration], smoke_configurations: list[s
 # The DPO gap, a: LoRA with adapters on the input embeddings and the LM head too
 # (`lora.targets: all+embeddings`; the built-in base is untied, so both get adapters).
 EMB_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x around the targets=all optimum (3e-4 for r1/r4, 1e-3 for r8)
+EMB_DPO_LRS_R1 = [3e-5, *EMB_DPO_LRS]  # extended down: rank 1's best was 1e-4, the bottom edge
 # b: a finer grid around each configuration's best (the x3.16 points are the dpo study's runs):
 # 1e-3..3e-3 for rank 8 (best 1e-3); ranks 1 and 4 (best 3e-4, single seeds collapsing from 1e-3
 # up: 0.528 and 0.477 at 1e-3, 0.280 and below at 3e-3) get 2e-4 and 5e-4 instead (cut to fit the
@@ -181,7 +182,7 @@ STUDIES: dict[str, Study] = {
     ),
     # The DPO gap (issue 13), a: LoRA on the embeddings and LM head too, beside the dpo study's rows.
     "dpo_gap_embed": _dpo_study(
-        [*_BASELINE.values(), *(_emb(rank, EMB_DPO_LRS) for rank in (1, 4, 8))], ["lora_emb_r1"],
+        [*_BASELINE.values(), *(_emb(rank, EMB_DPO_LRS_R1 if rank == 1 else EMB_DPO_LRS) for rank in (1, 4, 8))], ["lora_emb_r1"],
         out_dir="results/atlas/dpo_gap/embed",
         axis=("LoRA rank", {**{f"lora_r{r}": ("targets all", r) for r in (1, 4, 8)},
                             **{f"lora_emb_r{r}": ("targets all+embeddings", r) for r in (1, 4, 8)}}),
