@@ -42,6 +42,7 @@ class LoraSettings:
     alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
     targets: Literal["all", "attention", "mlp", "all+embeddings"] = _f("all", "Which layers get adapters: all (every attention and MLP linear layer of the blocks), attention, mlp, or all+embeddings (all, plus the input embeddings and the LM head as LoRA adapters on the same frozen base; with tied embeddings the embeddings only, the head keeps the shared frozen weight).")
     dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    embedding_alpha: Optional[float] = _f(None, "targets all+embeddings only: the alpha of the embedding and LM-head adapters (their update is scaled by embedding_alpha / rank; with Adam about an LR multiplier of embedding_alpha / alpha for them); null: alpha.")
 
 
 @dataclass
@@ -352,6 +353,9 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         bad("lora.alpha", f"must be positive, got {cfg.lora.alpha}")
     if not 0 <= cfg.lora.dropout < 1:
         bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.lora.embedding_alpha is not None and (cfg.lora.embedding_alpha <= 0 or cfg.lora.targets != "all+embeddings"):
+        bad("lora.embedding_alpha", f"must be positive and needs lora.targets all+embeddings, got {cfg.lora.embedding_alpha} "
+            f"with lora.targets {cfg.lora.targets!r}")
     if cfg.optimizer.lr < 0:
         bad("optimizer.lr", f"must not be negative, got {cfg.optimizer.lr}")
     if cfg.reward.head_lr is not None and cfg.reward.head_lr < 0:

@@ -107,7 +107,14 @@ def peft_lora_config(model: nn.Module, lora):
 
     target_modules = resolve_target_modules(model, lora.targets)
     modules = dict(model.named_modules())
+    embedding_alpha = getattr(lora, "embedding_alpha", None)
+    alpha_pattern = {}
+    if embedding_alpha is not None:
+        if lora.targets != "all+embeddings":
+            raise ValueError(f"lora.embedding_alpha is for lora.targets='all+embeddings', not {lora.targets!r}")
+        alpha_pattern = {re.escape(name): float(embedding_alpha) for name in embedding_target_modules(model)}
     return LoraConfig(
+        alpha_pattern=alpha_pattern,  # the embedding and LM-head adapters' own alpha (lora.embedding_alpha)
         r=int(lora.rank),
         lora_alpha=float(lora.alpha),
         lora_dropout=float(lora.dropout),

@@ -132,6 +132,10 @@ def _dpo_study(configurations: list[Configuration], smoke_configurations: list[s
 # (`lora.targets: all+embeddings`; the built-in base is untied, so both get adapters).
 EMB_DPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x around the targets=all optimum (3e-4 for r1/r4, 1e-3 for r8)
 EMB_DPO_LRS_R1 = [3e-5, *EMB_DPO_LRS]  # extended down: rank 1's best was 1e-4, the bottom edge
+# The same with the embedding and head adapters' alpha at 1 instead of 32 (`lora.embedding_alpha`):
+# their gradients were 10-100x the block adapters' and their update per Adam step ~32x larger than
+# with a plain LR; ranks 1 and 8 (the extremes, cut to fit the time), around the targets=all best.
+EMB_A1_DPO_LRS = {1: [1e-4, 3e-4, 1e-3], 8: [3e-4, 1e-3, 3e-3]}
 # b: a finer grid around each configuration's best (the x3.16 points are the dpo study's runs):
 # 1e-3..3e-3 for rank 8 (best 1e-3); ranks 1 and 4 (best 3e-4, single seeds collapsing from 1e-3
 # up: 0.528 and 0.477 at 1e-3, 0.280 and below at 3e-3) get 2e-4 and 5e-4 instead (cut to fit the
@@ -140,7 +144,7 @@ FINE_FULL_DPO_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
 FINE_LORA_DPO_LRS = {1: [1e-4, 2e-4, 3e-4, 5e-4, 1e-3], 4: [1e-4, 2e-4, 3e-4, 5e-4, 1e-3],
                      8: [3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3]}
 # ... and twice the steps (120 at batch 32) for the ranks that trail (1, 4) and FullFT, around their best.
-LONG_FULL_DPO_LRS = [1e-4, 3e-4, 1e-3]
+LONG_FULL_DPO_LRS = [3e-4]  # FullFT at its 60-step best only, a reference (cut to fit the time)
 LONG_LORA_DPO_LRS = [1e-4, 3e-4, 1e-3]
 # c: batch size 8 / 32 / 128 (16x) at a fixed 1920 examples seen (60 steps at 32), warmup a fixed
 # share of them (5 steps at 32), ranks 1 and 8 and FullFT, a 3-point grid per batch size;
@@ -160,8 +164,11 @@ def _at_batch(config: Configuration, batch: int, lrs: list[float], examples: int
                          f"train.log_every={max(1, steps // 6)}"], lrs)
 
 
-def _emb(rank: int, lrs: list[float]) -> Configuration:
-    return Configuration(f"lora_emb_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all+embeddings"], lrs)
+def _emb(rank: int, lrs: list[float], embedding_alpha: float | None = None) -> Configuration:
+    if embedding_alpha is None:
+        return Configuration(f"lora_emb_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", "lora.targets=all+embeddings"], lrs)
+    return Configuration(f"lora_emb_a{embedding_alpha:g}_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32",
+                         "lora.targets=all+embeddings", f"lora.embedding_alpha={embedding_alpha:g}"], lrs)
 
 
 def _long(config: Configuration, lrs: list[float], steps: int = 120) -> Configuration:
@@ -182,10 +189,12 @@ STUDIES: dict[str, Study] = {
     ),
     # The DPO gap (issue 13), a: LoRA on the embeddings and LM head too, beside the dpo study's rows.
     "dpo_gap_embed": _dpo_study(
-        [*_BASELINE.values(), *(_emb(rank, EMB_DPO_LRS_R1 if rank == 1 else EMB_DPO_LRS) for rank in (1, 4, 8))], ["lora_emb_r1"],
+        [*_BASELINE.values(), *(_emb(rank, EMB_DPO_LRS_R1 if rank == 1 else EMB_DPO_LRS) for rank in (1, 4, 8)),
+         *(_emb(rank, lrs, embedding_alpha=1) for rank, lrs in EMB_A1_DPO_LRS.items())], ["lora_emb_r1"],
         out_dir="results/atlas/dpo_gap/embed",
         axis=("LoRA rank", {**{f"lora_r{r}": ("targets all", r) for r in (1, 4, 8)},
-                            **{f"lora_emb_r{r}": ("targets all+embeddings", r) for r in (1, 4, 8)}}),
+                            **{f"lora_emb_r{r}": ("targets all+embeddings", r) for r in (1, 4, 8)},
+                            **{f"lora_emb_a1_r{r}": ("all+embeddings, embedding_alpha 1", r) for r in EMB_A1_DPO_LRS}}),
     ),
     # b: the finer LR grid (60 steps), every configuration.
     "dpo_gap_lr": _dpo_study(

@@ -98,3 +98,25 @@ def test_recipe_accepts_the_new_targets_and_rejects_unknown_ones():
     assert cfg.lora.targets == "all+embeddings"
     with pytest.raises(ConfigError, match="lora.targets"):
         load_recipe("recipes/dpo_lora.yaml", ["lora.targets=embeddings"])
+
+
+def test_embedding_alpha_scales_only_the_embedding_and_head_adapters(tmp_path):
+    from peft import PeftModel
+
+    lora = {**LORA, "embedding_alpha": 1.0}
+    base = SharedBase(tiny_model("llama"), None, lora=lora)
+    base.add_policy()
+    scaling = {n.removeprefix("base_model.model."): m.scaling["policy"] for n, m in base.peft_model.named_modules()
+               if isinstance(getattr(m, "scaling", None), dict) and "policy" in m.scaling}
+    assert scaling["model.embed_tokens"] == scaling["lm_head"] == pytest.approx(1.0 / LORA["rank"])
+    assert scaling["model.layers.0.self_attn.q_proj"] == pytest.approx(LORA["alpha"] / LORA["rank"])
+    train_policy(base)
+    base.save_role("policy", tmp_path / "policy")
+    plain = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "policy")).eval()
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        expected = plain(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+    torch.testing.assert_close(role_logits(base, "policy", ids, mask), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="lora.embedding_alpha"):
+        load_recipe("recipes/dpo_lora.yaml", ["lora.embedding_alpha=1"])  # targets all: nothing to scale
+    assert load_recipe("recipes/dpo_lora.yaml", ["lora.targets=all+embeddings", "lora.embedding_alpha=1"]).lora.embedding_alpha == 1.0

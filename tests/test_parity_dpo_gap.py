@@ -44,7 +44,7 @@ def test_gap_studies_are_well_formed(parity, repo):
         assert study.overrides == dpo.overrides and study.recipe == dpo.recipe and study.metric == dpo.metric
         assert len(study.seeds) == 3 and study.configurations[0].name == "full", method
         for c in study.configurations:
-            assert c.lrs == sorted(c.lrs) and len(c.lrs) >= 3, (method, c.name)
+            assert c.lrs == sorted(c.lrs) and (len(c.lrs) >= 3 or c.name == "full_steps120"), (method, c.name)
             load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])  # every key and value is valid
             for lr in c.lrs:  # one folder name, one command: a shared folder is the same run
                 name = parity.run_name(c, lr, 0)
