@@ -135,7 +135,7 @@ EMB_DPO_LRS_R1 = [3e-5, *EMB_DPO_LRS]  # extended down: rank 1's best was 1e-4, 
 # The same with the embedding and head adapters' alpha at 1 instead of 32 (`lora.embedding_alpha`):
 # their gradients were 10-100x the block adapters' and their update per Adam step ~32x larger than
 # with a plain LR; ranks 1 and 8 (the extremes, cut to fit the time), around the targets=all best.
-EMB_A1_DPO_LRS = {1: [1e-4, 3e-4, 1e-3], 8: [3e-4, 1e-3, 3e-3]}
+EMB_A1_DPO_LRS = {1: [1e-4, 3e-4, 1e-3, 3e-3], 8: [3e-4, 1e-3, 3e-3]}  # rank 1 extended up: 1e-3 won at the top edge
 # b: a finer grid around each configuration's best (the x3.16 points are the dpo study's runs):
 # 1e-3..3e-3 for rank 8 (best 1e-3); ranks 1 and 4 (best 3e-4, single seeds collapsing from 1e-3
 # up: 0.528 and 0.477 at 1e-3, 0.280 and below at 3e-3) get 2e-4 and 5e-4 instead (cut to fit the
