@@ -499,6 +499,10 @@ def write_axis(study: Study, rows: list[dict], out_dir: Path, title: str) -> str
         pts = sorted(pts, key=lambda p: p[0])
         ax.errorbar([x for x, _ in pts], [r["metric_mean"] for _, r in pts], yerr=[r["metric_std"] for _, r in pts],
                     marker="o", capsize=3, label=line)
+    full = by_name.get("full")
+    if full is not None and "full" not in points:  # FullFT (batch 32, 60 steps) as the line to reach
+        ax.axhline(full["metric_mean"], color="black", ls="--", lw=1, label=f"full (lr {full['best_lr']:g}), ± std")
+        ax.axhspan(full["metric_mean"] - full["metric_std"], full["metric_mean"] + full["metric_std"], color="black", alpha=0.07)
     if len(xs) > 1 and xs[-1] / xs[0] >= 4:
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
@@ -506,7 +510,7 @@ def write_axis(study: Study, rows: list[dict], out_dir: Path, title: str) -> str
     ax.set_ylabel(f"{study.metric} (best LR each)")
     ax.set_title(f"{title}: {study.metric} vs {label}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out_dir / "metric_vs_axis.png", dpi=110)
     plt.close(fig)
