@@ -222,31 +222,39 @@ def chunk_rows(chunk_bytes: int, vocab: int) -> int:
 
 
 def _chunk_forward(hidden_CH, weight_VH, bias_V, labels_C, transform: LogitTransform, temperature: float,
-                   out_dtype: torch.dtype, want_dlogp_da: bool):
-    """One chunk: (log p of the labels, logsumexp, entropy terms, d log p / d logits or None).
+                   out_dtype: torch.dtype, want_entropy: bool, want_dlogp_da: bool):
+    """One chunk: (log p of the labels, entropy or None, d log p / d logits or None).
 
     z = transform(h W^T + b) / temperature;  log p(y) = z_y - logsumexp(z);  H = lse - sum_v p_v z_v;
     d log p(y) / d a_v = (1[v = y] - p_v) * dz_v/da_v, with dz/da = scale / T, or for a soft-cap
-    (1 - tanh^2) / T. The chunk's (C, V) temporaries are freed when it returns."""
-    a_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).to(out_dtype)
-    z_CV = _apply_transform(a_CV, transform)
-    del a_CV
+    (1 - tanh^2) / T. At most two (C, V) tensors live at once (z, and exp(z - max) turned into p
+    in place); they are freed when it returns."""
+    z_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).to(out_dtype)
+    if transform.softcap is not None:  # in place: z is this function's own tensor
+        z_CV = z_CV.div_(transform.softcap).tanh_().mul_(transform.softcap)
+    elif transform.scale != 1.0:
+        z_CV = z_CV.mul_(transform.scale)
     if temperature != 1.0:
-        z_CV = z_CV / temperature
-    lse_C = torch.logsumexp(z_CV, dim=-1)
-    logps_C = z_CV.gather(-1, labels_C[:, None])[:, 0] - lse_C
-    p_CV = (z_CV - lse_C[:, None]).exp_()
-    sum_pz_C = (p_CV * z_CV).sum(-1)  # entropy = lse - sum_v p_v z_v
+        z_CV = z_CV.div_(temperature)
+    picked_C = z_CV.gather(-1, labels_C[:, None])[:, 0]
+    max_C = z_CV.amax(dim=-1)
+    e_CV = (z_CV - max_C[:, None]).exp_()
+    sum_C = e_CV.sum(-1)
+    lse_C = max_C + sum_C.log()  # logsumexp(z)
+    logps_C = picked_C - lse_C
+    entropy_C = None
+    if want_entropy:  # H = lse - sum_v p_v z_v, the dot product without a (C, V) product tensor
+        entropy_C = lse_C - torch.bmm(e_CV[:, None, :], z_CV[:, :, None])[:, 0, 0] / sum_C
     dlogp_da_CV = None
     if want_dlogp_da:
-        dlogp_da_CV = p_CV.neg_()
+        dlogp_da_CV = e_CV.div_(sum_C[:, None]).neg_()  # -p
         dlogp_da_CV.scatter_add_(-1, labels_C[:, None], torch.ones_like(lse_C)[:, None])  # 1[v = y] - p_v
         if transform.softcap is not None:  # z T / cap = tanh(a / cap); dz/da = (1 - tanh^2) / T
             tanh_CV = z_CV.mul_(temperature / transform.softcap)
             dlogp_da_CV.mul_(tanh_CV.square_().neg_().add_(1.0)).div_(temperature)
         else:
             dlogp_da_CV.mul_(transform.scale / temperature)
-    return logps_C, lse_C, sum_pz_C, dlogp_da_CV
+    return logps_C, entropy_C, dlogp_da_CV
 
 
 class _ChunkedHeadLogProbs(torch.autograd.Function):
@@ -257,18 +265,20 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
     logits once in the backward instead, for the weight's gradient."""
 
     @staticmethod
-    def forward(ctx, hidden_NH, weight_VH, bias_V, labels_N, transform, temperature, rows, out_dtype, need_hidden, need_weight):
+    def forward(ctx, hidden_NH, weight_VH, bias_V, labels_N, transform, temperature, rows, out_dtype, with_entropy,
+                need_hidden, need_weight):
         N = hidden_NH.shape[0]
         logps_N = hidden_NH.new_empty(N, dtype=out_dtype)
-        lse_N, sum_pz_N = torch.empty_like(logps_N), torch.empty_like(logps_N)
+        entropy_N = torch.zeros_like(logps_N) if with_entropy else logps_N.new_empty(0)
         dlogp_dh_NH = torch.empty_like(hidden_NH) if need_hidden and not need_weight else None
         for i in range(0, N, rows):
             h_CH, labels_C = hidden_NH[i : i + rows], labels_N[i : i + rows]
-            logps_N[i : i + rows], lse_N[i : i + rows], sum_pz_N[i : i + rows], dlogp_da_CV = _chunk_forward(
-                h_CH, weight_VH, bias_V, labels_C, transform, temperature, out_dtype, dlogp_dh_NH is not None)
+            logps_N[i : i + rows], entropy_C, dlogp_da_CV = _chunk_forward(
+                h_CH, weight_VH, bias_V, labels_C, transform, temperature, out_dtype, with_entropy, dlogp_dh_NH is not None)
+            if with_entropy:
+                entropy_N[i : i + rows] = entropy_C
             if dlogp_dh_NH is not None:
                 dlogp_dh_NH[i : i + rows] = dlogp_da_CV.to(weight_VH.dtype) @ weight_VH  # chain rule through a = h W^T
-        entropy_N = lse_N - sum_pz_N
         ctx.mark_non_differentiable(entropy_N)
         ctx.setup = (transform, temperature, rows, out_dtype, bias_V is not None)
         if dlogp_dh_NH is not None:
@@ -283,14 +293,14 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
         saved = ctx.saved_tensors
         if len(saved) == 1:  # frozen head: d log p / d h was kept in the forward
             (dlogp_dh_NH,) = saved
-            return (grad_logps_N[:, None].to(dlogp_dh_NH.dtype) * dlogp_dh_NH,) + (None,) * 9
+            return (grad_logps_N[:, None].to(dlogp_dh_NH.dtype) * dlogp_dh_NH,) + (None,) * 10
         hidden_NH, weight_VH, bias_V, labels_N = saved
         grad_hidden_NH = torch.empty_like(hidden_NH) if ctx.needs_input_grad[0] else None
         grad_weight_VH = torch.zeros_like(weight_VH, dtype=out_dtype) if ctx.needs_input_grad[1] else None
         grad_bias_V = torch.zeros(weight_VH.shape[0], dtype=out_dtype, device=weight_VH.device) if has_bias and ctx.needs_input_grad[2] else None
         for i in range(0, hidden_NH.shape[0], rows):
             h_CH = hidden_NH[i : i + rows]
-            dlogp_da_CV = _chunk_forward(h_CH, weight_VH, bias_V, labels_N[i : i + rows], transform, temperature, out_dtype, True)[3]
+            dlogp_da_CV = _chunk_forward(h_CH, weight_VH, bias_V, labels_N[i : i + rows], transform, temperature, out_dtype, False, True)[2]
             grad_a_CV = dlogp_da_CV.mul_(grad_logps_N[i : i + rows, None].to(out_dtype))
             if grad_hidden_NH is not None:
                 grad_hidden_NH[i : i + rows] = grad_a_CV.to(weight_VH.dtype) @ weight_VH
@@ -302,12 +312,12 @@ class _ChunkedHeadLogProbs(torch.autograd.Function):
             grad_weight_VH = grad_weight_VH.to(weight_VH.dtype)
         if grad_bias_V is not None:
             grad_bias_V = grad_bias_V.to(bias_V.dtype)
-        return (grad_hidden_NH, grad_weight_VH, grad_bias_V) + (None,) * 7
+        return (grad_hidden_NH, grad_weight_VH, grad_bias_V) + (None,) * 8
 
 
 def chunked_head_logprobs(head: nn.Linear, hidden_NH: torch.Tensor, labels_N: torch.Tensor, transform: LogitTransform,
-                          temperature: float, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p (N,), entropy (N,), no gradient) of `labels_N` under softmax(transform(head(h)) / T),
+                          temperature: float, rows: int, with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p (N,), entropy (N,), no gradient; empty unless `with_entropy`) of `labels_N` under softmax(transform(head(h)) / T),
     `rows` rows of logits at a time (`_ChunkedHeadLogProbs`). Equal to the plain path up to float
     rounding, gradients included."""
     out_dtype = torch.float64 if head.weight.dtype == torch.float64 else torch.float32
@@ -315,7 +325,7 @@ def chunked_head_logprobs(head: nn.Linear, hidden_NH: torch.Tensor, labels_N: to
     need_hidden = grad_on and hidden_NH.requires_grad
     need_weight = grad_on and (head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad))
     return _ChunkedHeadLogProbs.apply(hidden_NH, head.weight, head.bias, labels_N.long(), transform, float(temperature),
-                                      int(rows), out_dtype, need_hidden, need_weight)
+                                      int(rows), out_dtype, with_entropy, need_hidden, need_weight)
 
 
 def token_logprobs(
@@ -358,7 +368,7 @@ def token_logprobs(
         hidden_NH = hidden_BTH[:, :-1][target_BT1]
         rows = chunk_rows(chunk_bytes, head.weight.shape[0])
         if hidden_NH.shape[0] > rows and type(head) is nn.Linear:
-            logps_N, entropy_N = chunked_head_logprobs(head, hidden_NH, labels_N, transform, temperature, rows)
+            logps_N, entropy_N = chunked_head_logprobs(head, hidden_NH, labels_N, transform, temperature, rows, with_entropy)
             return TokenLogProbs(scatter(logps_N), scatter(entropy_N.detach()) if with_entropy else None)
         logits_NV = _apply_transform(head(hidden_NH), transform)
     # One piece (it fits in a chunk, or the head is not a plain nn.Linear).
