@@ -3,6 +3,7 @@ fine-tuning, with and without activation checkpointing, at Qwen2.5-0.5B's shapes
 
     OMP_NUM_THREADS=1 python scripts/bench_memory.py            # Qwen2.5-0.5B-shaped headline + extra rows (~15 min)
     OMP_NUM_THREADS=1 python scripts/bench_memory.py --quick    # a 6M config only (tests)
+    OMP_NUM_THREADS=1 python scripts/bench_memory.py --world 2 --strategy fsdp   # memory per process (bench_memory_sharded.py)
 
 Headline: a random Qwen2 model with Qwen2.5-0.5B's widths (vocabulary 151,936, hidden 896,
 intermediate 4,864, 14 heads, 2 KV heads, tied embeddings) at 12 layers (the released model has
@@ -222,7 +223,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-builtin", action="store_true", help="skip the built-in base")
     parser.add_argument("--no-extra", action="store_true", help="the headline model only (no 110M and built-in rows)")
     parser.add_argument("--case", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, default=None,
+                        help="memory PER PROCESS with this many processes (scripts/bench_memory_sharded.py)")
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="fsdp", help="with --world: how processes hold the base")
     args = parser.parse_args(argv)
+    if args.world is not None:  # several processes: another question, another script
+        from bench_memory_sharded import main as sharded_main
+
+        return sharded_main(["--world", str(args.world), "--strategy", args.strategy])
     if args.case:
         print(json.dumps(case(json.loads(args.case))), flush=True)
         return
