@@ -153,7 +153,7 @@ BATCH_SIZES = (8, 32, 128)
 BATCH_DPO_LRS = {  # first 3 points each; extended down where the bottom won (full and r1 at 8, full at 128; r8 at 8 alike)
     "full": {8: [3e-5, 1e-4, 3e-4, 1e-3], 128: [1e-4, 3e-4, 1e-3, 3e-3]},
     "lora_r1": {8: [3e-5, 1e-4, 3e-4, 1e-3], 128: [3e-4, 1e-3, 3e-3]},
-    "lora_r8": {8: [1e-4, 3e-4, 1e-3, 3e-3], 128: [3e-4, 1e-3, 3e-3]},
+    "lora_r8": {8: [1e-4, 3e-4, 1e-3, 3e-3], 128: [3e-4, 1e-3, 3e-3, 1e-2]},  # r8 at 128: extended up (3e-3 won)
 }
 
 
