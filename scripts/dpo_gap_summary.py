@@ -95,7 +95,7 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     studies = list(dict.fromkeys(what for _, what, *_ in lines))
-    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    fig, ax = plt.subplots(figsize=(8.5, 5.6))
     width = 0.8 / max(1, len(studies))
     for i, what in enumerate(studies):
         pts = [(rank, *gap(lora, ref)) for rank, w, lora, ref, _ in lines if w == what]
@@ -106,7 +106,7 @@ def main() -> int:
     ax.set_ylabel("gold score: LoRA − FullFT (± s.e.)")
     ax.set_title("DPO gap to FullFT under each study (tiny-arith, 3 seeds, best LR each)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2)
     fig.tight_layout()
     fig.savefig(OUT / "gap.png", dpi=110)
     plt.close(fig)
