@@ -147,24 +147,13 @@ def dpo_step(base, optimizer, batch) -> dict:
     return {"loss": float(loss)}
 
 
-def case(spec: dict) -> dict:
-    """Run in a fresh process: build, step twice, report. mode 'baseline' imports and builds nothing."""
+def roles_and_step(model, spec: dict):
+    """The case's SharedBase (its mode, chunk size, checkpointing, the step's roles), AdamW over
+    what trains, the step function and its random batch (on the model's device)."""
     import torch
 
-    torch.set_num_threads(1)
-    from align.config import TrainSettings
-    from align.memory import memory_report, peak_bytes
-    from align.shared_base import SharedBase
-    import align.logprobs  # noqa: F401  (the baseline imports what the cases import)
-    import peft  # noqa: F401
-    import transformers  # noqa: F401
+    from align.shared_base import SharedBase  # noqa: F401  (imported by the baseline too)
 
-    if spec["mode"] == "baseline":
-        return {**spec, "peak_bytes": peak_bytes()}
-    assert TrainSettings().logprob_chunk_mib == DEFAULT_CHUNK_MIB and not TrainSettings().activation_checkpointing
-    t0 = time.time()
-    model = build_model(spec["model"])
-    params = sum(p.numel() for p in model.parameters())
     base = SharedBase(model, None, mode=spec["mode"], lora=LORA)
     base.logprob_chunk_bytes = int(spec["chunk_mib"] * 2**20)  # as align.trainers.common.load_shared_base
     if spec["checkpointing"]:
@@ -176,13 +165,35 @@ def case(spec: dict) -> dict:
     if spec["step"] == "ppo":
         base.add_reward(trainable=False)  # a frozen reward model (its weights are random here)
         base.add_value()
-        params_opt = base.trainable_parameters("policy") + base.trainable_parameters("value")
+        params = base.trainable_parameters("policy") + base.trainable_parameters("value")
         step, batch = ppo_step, random_batch(vocab, batch_size, seq, response)
     else:
-        params_opt = base.trainable_parameters("policy")
+        params = base.trainable_parameters("policy")
         chosen, rejected = random_batch(vocab, batch_size, seq, response, 0), random_batch(vocab, batch_size, seq, response, 1)
         step, batch = dpo_step, tuple(torch.cat([c, r]) for c, r in zip(chosen, rejected))
-    optimizer = torch.optim.AdamW(params_opt, lr=1e-5)
+    device = next(model.parameters()).device
+    return base, torch.optim.AdamW(params, lr=1e-5), step, tuple(t.to(device) for t in batch)
+
+
+def case(spec: dict) -> dict:
+    """Run in a fresh process: build, step twice, report. mode 'baseline' imports and builds nothing."""
+    import torch
+
+    torch.set_num_threads(1)
+    from align.config import TrainSettings
+    from align.memory import memory_report, peak_bytes
+    from align.shared_base import SharedBase  # noqa: F401  (imported by the baseline too)
+    import align.logprobs  # noqa: F401  (the baseline imports what the cases import)
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    if spec["mode"] == "baseline":
+        return {**spec, "peak_bytes": peak_bytes()}
+    assert TrainSettings().logprob_chunk_mib == DEFAULT_CHUNK_MIB and not TrainSettings().activation_checkpointing
+    t0 = time.time()
+    model = build_model(spec["model"])
+    params = sum(p.numel() for p in model.parameters())
+    base, optimizer, step, batch = roles_and_step(model, spec)
     built_peak = peak_bytes()  # building a random model has its own peak; the steps' shows only above it
     for _ in range(STEPS):
         cpu0, wall0 = time.process_time(), time.perf_counter()

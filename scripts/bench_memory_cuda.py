@@ -25,36 +25,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_memory import DEFAULT_CHUNK_MIB, HEADLINE, LORA, SHAPES, build_model, dpo_step, mb, ppo_step, random_batch  # noqa: E402
+from bench_memory import DEFAULT_CHUNK_MIB, HEADLINE, LORA, SHAPES, build_model, mb, roles_and_step  # noqa: E402
 
 
 def case(spec: dict) -> dict:
     import torch
 
     from align.memory import peak_bytes, reset_peak
-    from align.shared_base import SharedBase
 
     device = torch.device(spec["device"])
     model = build_model(spec["model"]).to(getattr(torch, spec["dtype"])).to(device)
-    base = SharedBase(model, None, mode=spec["mode"], lora=LORA)
-    base.logprob_chunk_bytes = int(spec["chunk_mib"] * 2**20)
-    if spec["checkpointing"]:
-        base.enable_activation_checkpointing()
-    base.add_policy()
-    base.add_reference()
-    vocab = model.get_input_embeddings().num_embeddings
-    batch_size, seq, response = SHAPES[spec["model"]]
-    if spec["step"] == "ppo":
-        base.add_reward(trainable=False)
-        base.add_value()
-        params = base.trainable_parameters("policy") + base.trainable_parameters("value")
-        step, batch = ppo_step, random_batch(vocab, batch_size, seq, response)
-    else:
-        params = base.trainable_parameters("policy")
-        chosen, rejected = random_batch(vocab, batch_size, seq, response, 0), random_batch(vocab, batch_size, seq, response, 1)
-        step, batch = dpo_step, tuple(torch.cat([c, r]) for c, r in zip(chosen, rejected))
-    batch = tuple(t.to(device) for t in batch)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    base, optimizer, step, batch = roles_and_step(model, spec)
     reset_peak(device)
     seconds = 0.0
     for _ in range(2):
