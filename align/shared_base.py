@@ -540,7 +540,9 @@ class SharedBase:
             entry.model.save_pretrained(str(out))
         elif entry.adapter is not None:
             with self._preserve_state(), tempfile.TemporaryDirectory(dir=str(out)) as tmp:
-                self.peft_model.save_pretrained(tmp, selected_adapters=[entry.adapter])
+                # save_embedding_layers=False: with adapters on the embeddings or LM head peft would
+                # otherwise write a copy of those (frozen, unchanged) base weights into the adapter.
+                self.peft_model.save_pretrained(tmp, selected_adapters=[entry.adapter], save_embedding_layers=False)
                 saved = Path(tmp) / entry.adapter if entry.adapter != "default" else Path(tmp)
                 for item in saved.iterdir():
                     if item.is_file():

@@ -142,7 +142,8 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     # ---- save -----------------------------------------------------------------------------------
     def save_outputs(run_dir) -> None:
         out = run_dir / ("adapter" if cfg.mode == "lora" else "model")
-        model.save_pretrained(out)
+        # LoRA: no copy of frozen embedding / LM-head base weights in the adapter (as SharedBase.save_role)
+        model.save_pretrained(out, **({"save_embedding_layers": False} if cfg.mode == "lora" else {}))
         tokenizer.save_pretrained(out)
 
     return finish_run(run, save, save_outputs, evaluate_model, eval_before, trainable, total,
