@@ -42,6 +42,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from align.distributed import causal_lm, final_hidden_states_of_sharded, is_sharded
+
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[..., label] for each label, without a full log-softmax copy.
@@ -119,15 +121,10 @@ def sequence_logprob_sums(token_logps_BT: torch.Tensor, target_mask_BT: torch.Te
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers causal LM inside a peft wrapper (itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def transforms_logits(model: nn.Module) -> bool:
     """Whether `model`'s logits are more than `lm_head(final hidden state)` (scaled, soft-capped),
     or it has no separate backbone to read hidden states from."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     config = getattr(lm, "config", None)
     backbone = getattr(lm, "base_model", lm)
     return backbone is lm or any(getattr(config, k, None) is not None for k in LOGIT_TRANSFORMS)
@@ -137,9 +134,7 @@ def final_hidden_states(model: nn.Module, input_ids_BT: torch.Tensor, attention_
     """Final hidden states (B, T, H) of a causal LM (after the final norm; no LM head computed),
     with padding-aware position ids. A base sharded with FSDP is entered through its root
     (`align.distributed`), where FSDP gathers the embeddings, norm and LM head."""
-    from align.distributed import final_hidden_states_of_sharded, is_sharded
-
-    lm, position_ids_BT = _causal_lm(model), position_ids_from_mask(attention_mask_BT)
+    lm, position_ids_BT = causal_lm(model), position_ids_from_mask(attention_mask_BT)
     if is_sharded(lm):
         return final_hidden_states_of_sharded(lm, input_ids_BT, attention_mask_BT, position_ids_BT)
     outputs = lm.base_model(
@@ -192,7 +187,7 @@ _KNOWN_TRANSFORMS = {
 def logit_transform(model: nn.Module) -> LogitTransform | None:
     """How `model`'s logits follow from `lm_head(final hidden state)`, or None when only the
     model's own full forward gives them (an unknown transform, or no separate backbone)."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     config = getattr(lm, "config", None)
     if getattr(lm, "base_model", lm) is lm:
         return None
@@ -357,7 +352,7 @@ def token_logprobs(
         return torch.nn.functional.pad(values_N.new_zeros(target_BT1.shape).masked_scatter(target_BT1, values_N), (1, 0))
 
     transform = logit_transform(model)
-    head = _causal_lm(model).get_output_embeddings() if transform is not None else None
+    head = causal_lm(model).get_output_embeddings() if transform is not None else None
     if transform is None:  # only the model's own forward knows its logits: full (B, T, V) logits
         logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
                            position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False).logits

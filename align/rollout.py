@@ -36,7 +36,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from align.distributed import every_process
+from align.distributed import causal_lm, every_process
 from align.modes import eval_mode
 
 
@@ -100,7 +100,7 @@ def _sample_row(probs_1V: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 def _cache_argument(model: torch.nn.Module) -> str:
     """The forward keyword of the KV cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     # The class's forward: FSDP wraps the instance's forward in (*args, **kwargs), hiding the names.
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 

@@ -93,9 +93,6 @@ class Experience:
     advantages_BT: torch.Tensor
     returns_BT: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.input_ids_BL.shape[0]
-
     def rows(self, index: list[int]) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name)[index] for name in (
             "input_ids_BL", "attention_mask_BL", "response_mask_BT", "old_logps_BT", "old_values_BT", "advantages_BT", "returns_BT")}
