@@ -118,13 +118,7 @@ def memory_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         parts = _numbers(s.get("memory_by_role")) or _numbers(s.get("memory_bytes"))
         parts.pop("total", None)
         parts_by_run.append(parts)
-    names = list(dict.fromkeys(k for parts in parts_by_run for k in parts))
-    if not names:
-        return None
-    return {"kind": "bar", "title": "memory by role (MiB; gradients are freed after each step)", "xlabel": "MiB",
-            "categories": [run["name"] for run in runs],
-            "stacks": [{"name": n, "color": COLORS[i % len(COLORS)], "values": [p.get(n, 0.0) / 2**20 for p in parts_by_run]}
-                       for i, n in enumerate(names)]}
+    return _stacked_bars(runs, parts_by_run, "memory by role (MiB; gradients are freed after each step)", "MiB", 2**20)
 
 
 def time_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -150,12 +144,17 @@ def time_chart(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         if not parts and run["summary"].get("wall_time_s"):
             parts = {"wall time (not split)": float(run["summary"]["wall_time_s"])}
         parts_by_run.append(parts)
+    return _stacked_bars(runs, parts_by_run, "where the time went (seconds)", "seconds")
+
+
+def _stacked_bars(runs: list[dict[str, Any]], parts_by_run: list[dict[str, float]], title: str, xlabel: str,
+                  unit: float = 1.0) -> dict[str, Any] | None:
+    """A bar chart spec: one bar per run, stacked by every part name any run has (values / unit)."""
     names = list(dict.fromkeys(k for parts in parts_by_run for k in parts))
     if not names:
         return None
-    return {"kind": "bar", "title": "where the time went (seconds)", "xlabel": "seconds",
-            "categories": [run["name"] for run in runs],
-            "stacks": [{"name": n, "color": COLORS[i % len(COLORS)], "values": [p.get(n, 0.0) for p in parts_by_run]}
+    return {"kind": "bar", "title": title, "xlabel": xlabel, "categories": [run["name"] for run in runs],
+            "stacks": [{"name": n, "color": COLORS[i % len(COLORS)], "values": [p.get(n, 0.0) / unit for p in parts_by_run]}
                        for i, n in enumerate(names)]}
 
 
