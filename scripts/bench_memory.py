@@ -18,9 +18,12 @@ training run after the first does; the second one is timed):
           (no grad), one AdamW step over the policy (`dpo_step`)
 Roles live on a SharedBase: LoRA mode keeps ONE frozen base and its adapters, full mode gives
 policy, reward and value their own full copy (the reference is the frozen base itself). Each
-(mode, step) runs with the recipe defaults (`train.activation_checkpointing: false`,
-`train.logprob_chunk_mib: 32`), with checkpointing on, and (headline PPO only) with the log-prob
-chunking off (`chunk 0`: the target logits in one piece, the path before chunking existed).
+(mode, step) runs with checkpointing off and on (log-prob chunks of `train.logprob_chunk_mib: 32`,
+the default), and (headline PPO only) with the log-prob chunking off (`chunk 0`: the target logits
+in one piece, the path before chunking existed). The "recipe defaults" of a step are the settings
+of the real-model recipe of that shape, read from it: `recipes/ppo_qwen_lora.yaml` and
+`recipes/dpo_qwen_lora.yaml` (`train.activation_checkpointing: true`, chunks of 32 MiB); the
+built-in tiny recipes keep checkpointing off, where activations are negligible and speed matters.
 
 Every case runs in its OWN process (this script re-invoked with `--case`), with one torch thread,
 because on CPU the peak cannot be reset: what is measured is the process's peak resident set size
@@ -40,9 +43,10 @@ is reported as the baseline. Columns:
                 otherwise idle; CPU time does not count waiting for a core another process holds)
 The line `step time lora chunked/unchunked` compares LoRA PPO steps with and without the log-prob
 chunking (no checkpointing): the time chunking costs. The LAST line, `peak memory ratio lora/full:
-0.NN`, is the RAW measured peak ratio of the headline PPO step with the recipe defaults (of the 6M
-config with `--quick`): the most conservative figure, since it charges the library baseline to
-LoRA too.
+0.NN`, is the RAW measured peak ratio of the headline PPO step with the recipe defaults (those of
+`recipes/ppo_qwen_lora.yaml`; of the 6M config with `--quick`): the most conservative figure, since
+it charges the library baseline to LoRA too. The line before it gives the same ratio with
+checkpointing off.
 
 Left out: generation (PPO's rollout phase is inference-only and smaller than the training step),
 bf16 (CPU runs float32; on a GPU bf16 halves the weights and the ratios carry over).
@@ -79,6 +83,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 SHAPES = {HEADLINE: (4, 256, 128), "llama-100m": (4, 64, 16), "llama-6m": (4, 64, 16), "builtin:tiny-arith": (4, 64, 16)}
 LORA = {"rank": 8, "alpha": 32.0, "targets": "all", "dropout": 0.0}
 DEFAULT_CHUNK_MIB = 32.0  # align.config.TrainSettings.logprob_chunk_mib's default (checked in case())
+# the real-model recipe whose settings are a step's "recipe defaults" at the headline shapes
+RECIPES = {"ppo": "recipes/ppo_qwen_lora.yaml", "dpo": "recipes/dpo_qwen_lora.yaml"}
 STEPS = 2  # the second step, with Adam state allocated, is timed
 # glibc serves allocations above this from mmap and unmaps them on free (a fixed threshold also
 # stops glibc raising it): freed tensors leave the RSS, as they leave a GPU's allocated bytes.
@@ -175,6 +181,14 @@ def roles_and_step(model, spec: dict):
     return base, torch.optim.AdamW(params, lr=1e-5), step, tuple(t.to(device) for t in batch)
 
 
+def recipe_defaults(step: str) -> dict:
+    """`checkpointing` and `chunk_mib` as the real-model recipe of this step sets them."""
+    from align.config import load_recipe
+
+    train = load_recipe(REPO / RECIPES[step]).train
+    return {"checkpointing": train.activation_checkpointing, "chunk_mib": float(train.logprob_chunk_mib)}
+
+
 def case(spec: dict) -> dict:
     """Run in a fresh process: build, step twice, report. mode 'baseline' imports and builds nothing."""
     import torch
@@ -189,7 +203,7 @@ def case(spec: dict) -> dict:
 
     if spec["mode"] == "baseline":
         return {**spec, "peak_bytes": peak_bytes()}
-    assert TrainSettings().logprob_chunk_mib == DEFAULT_CHUNK_MIB and not TrainSettings().activation_checkpointing
+    assert TrainSettings().logprob_chunk_mib == DEFAULT_CHUNK_MIB
     t0 = time.time()
     model = build_model(spec["model"])
     params = sum(p.numel() for p in model.parameters())
@@ -249,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     headline = "llama-6m" if args.quick else HEADLINE
     # (LoRA case, with its full-copies twin?) for the headline: every step x checkpointing; LoRA
     # PPO without chunking (the time chunking costs); the PPO pair under glibc's own malloc settings
-    pairs = [(spec("lora", headline), True)] if args.quick else [
+    pairs = [({**spec("lora", headline), **recipe_defaults("ppo")}, True)] if args.quick else [
         (spec("lora", headline, step, checkpointing), True) for step in ("ppo", "dpo") for checkpointing in (False, True)
     ] + [(spec("lora", headline, "ppo", False, 0.0), False), (spec("lora", headline, malloc="glibc"), True)]
     if not (args.quick or args.no_extra):
@@ -282,9 +296,12 @@ def main(argv: list[str] | None = None) -> None:
         want = {**spec(mode, headline), **kw}
         return next(r for pair in rows for r in pair if r is not None and all(r[k] == v for k, v in want.items()))
 
-    default = find("lora")
+    defaults = recipe_defaults("ppo")
+    default = find("lora", **defaults)
+    print(f"recipe defaults (from {RECIPES['ppo']}): activation checkpointing {'on' if defaults['checkpointing'] else 'off'}, "
+          f"log-prob chunks of {defaults['chunk_mib']:g} MiB")
     print("accounted bytes by category (MiB), headline PPO, recipe defaults: " + "; ".join(
-        f"{mode}: " + ", ".join(f"{k} {mb(v)}" for k, v in find(mode)["accounted"].items() if k != "total")
+        f"{mode}: " + ", ".join(f"{k} {mb(v)}" for k, v in find(mode, **defaults)["accounted"].items() if k != "total")
         for mode in ("lora", "full")))
     if not args.quick:
         for mode in ("lora", "full"):
@@ -294,11 +311,13 @@ def main(argv: list[str] | None = None) -> None:
         on = find("lora", checkpointing=True)
         print(f"peak while building the model and roles (before any step), lora: {mb(on['built_peak_bytes'])} MiB "
               f"(a case whose peak equals it peaked while building, not in the steps)")
-        unchunked, glibc = find("lora", chunk_mib=0.0), find("lora", malloc="glibc")
-        print(f"log-prob chunking, lora PPO: peak {mb(unchunked['peak_bytes'])} -> {mb(default['peak_bytes'])} MiB")
+        unchunked, glibc, chunked = find("lora", chunk_mib=0.0), find("lora", malloc="glibc"), find("lora")
+        print(f"log-prob chunking, lora PPO: peak {mb(unchunked['peak_bytes'])} -> {mb(chunked['peak_bytes'])} MiB")
         print(f"glibc's own malloc settings (freed memory kept resident), PPO: peak ratio lora/full {glibc['ratios'][0]:.3f} "
               f"(lora {mb(glibc['peak_bytes'])} MiB, full {mb(find('full', malloc='glibc')['peak_bytes'])} MiB)")
-        print(f"step time lora chunked/unchunked (PPO, no checkpointing): {default['step_cpu_s'] / unchunked['step_cpu_s']:.3f}")
+        print(f"step time lora chunked/unchunked (PPO, no checkpointing): {chunked['step_cpu_s'] / unchunked['step_cpu_s']:.3f}")
+        print(f"{headline}: peak ratio lora/full, PPO, checkpointing off: {chunked['ratios'][0]:.3f} (raw), "
+              f"{chunked['ratios'][1]:.3f} (baseline-subtracted)")
     raw, sub, _ = default["ratios"]
     print(f"{headline}: baseline-subtracted peak ratio lora/full: {sub:.3f} (last line: the RAW peak ratio of the PPO "
           f"step with the recipe defaults, library baseline included in both)")
