@@ -39,9 +39,10 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
 @dataclass
 class LoraSettings:
     rank: int = _f(8, "LoRA rank r (adapters are rank-r updates B @ A).")
-    alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) with lora.rslora).")
     targets: Literal["all", "attention", "mlp", "all+embeddings"] = _f("all", "Which layers get adapters: all (every attention and MLP linear layer of the blocks), attention, mlp, or all+embeddings (all, plus the input embeddings and the LM head as LoRA adapters on the same frozen base; with tied embeddings the embeddings only, the head keeps the shared frozen weight).")
     dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    rslora: bool = _f(False, "Scale the update by alpha / sqrt(rank) instead of alpha / rank (rank-stabilised LoRA, peft's use_rslora; saved in adapter_config.json, so plain peft loads it the same); false: 1/r, the scaling the LR findings and lr_rule assume.")
     embedding_alpha: Optional[float] = _f(None, "targets all+embeddings only: the alpha of the embedding and LM-head adapters (their update is scaled by embedding_alpha / rank; with Adam about an LR multiplier of embedding_alpha / alpha for them); null: alpha.")
 
 
@@ -135,7 +136,7 @@ class DPOSettings:
     label_smoothing: float = _f(0.0, "Conservative DPO label smoothing (sigmoid loss only).")
     simpo_gamma: float = _f(0.5, "SimPO target margin gamma.")
     precompute_reference: bool = _f(False, "Compute reference log-probs once before training.")
-    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter (the reference is then that adapter); lora.rank/alpha/targets are the adapter's (recipe values left at their defaults take them, others must agree).")
+    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter (the reference is then that adapter); lora.rank/alpha/targets/rslora are the adapter's (recipe values left at their defaults take them, others must agree).")
 
 
 @dataclass
@@ -146,7 +147,7 @@ class RolloutSettings:
     reward: str = _f("arithmetic_correctness", "Reward: a registered name, 'learned' (the reward role), or a weighted sum like '1.0*learned + 0.2*format'.")
     reward_model: Optional[str] = _f(None, "Run directory (or adapter dir) of a trained reward model, for a reward that names 'learned'.")
     gold_reward: Optional[str] = _f(None, "A verifiable reward logged beside a learned one.")
-    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter; lora.rank/alpha/targets are the adapter's (recipe values left at their defaults take them, others must agree).")
+    init_adapter: Optional[str] = _f(None, "Start the policy from this saved adapter; lora.rank/alpha/targets/rslora are the adapter's (recipe values left at their defaults take them, others must agree).")
     max_new_tokens: int = _f(12, "Response length limit.")
     temperature: float = _f(1.0, "Sampling temperature (log-probs are those of the sampled distribution: logits / temperature).")
     top_p: float = _f(1.0, "Nucleus sampling p.")

@@ -10,7 +10,8 @@ What it does:
   adapter: the head keeps the frozen shared weight, so the adapter changes the input side only;
   an adapter of its own on the head would no longer be "tied". The built-in bases are untied,
   so there both get adapters;
-- builds the `peft.LoraConfig` (alpha 32 by default, 1/r scaling, B initialised to zero);
+- builds the `peft.LoraConfig` (alpha 32 by default, 1/r scaling or 1/sqrt(r) with `lora.rslora`,
+  B initialised to zero);
 - applies the optional learning-rate rule: LoRA LR = 10 x the FullFT LR.
 
 What it leaves out: role handling (see `align.shared_base`).
@@ -100,9 +101,10 @@ def embedding_target_modules(model: nn.Module) -> list[str]:
 
 def peft_lora_config(model: nn.Module, lora):
     """The `peft.LoraConfig` of a recipe's `lora:` section (`align.config.LoraSettings`): explicit
-    targets, alpha/r scaling, B initialised to zero. The one route every trainer takes (SFT's
-    `get_peft_model` and `SharedBase`'s roles). Build it from the unwrapped model: once peft has
-    wrapped it, its lora_A/lora_B layers are linear layers under attention/MLP too."""
+    targets, alpha/r scaling (alpha/sqrt(r) with `lora.rslora`), B initialised to zero. The one
+    route every trainer takes (SFT's `get_peft_model` and `SharedBase`'s roles). Build it from the
+    unwrapped model: once peft has wrapped it, its lora_A/lora_B layers are linear layers under
+    attention/MLP too."""
     from peft import LoraConfig
 
     target_modules = resolve_target_modules(model, lora.targets)
@@ -120,7 +122,8 @@ def peft_lora_config(model: nn.Module, lora):
         lora_dropout=float(lora.dropout),
         target_modules=target_modules,
         init_lora_weights=True,  # A ~ Kaiming-uniform, B = 0: the adapter starts as the identity
-        use_rslora=False,  # 1/r scaling (alpha / r), the setting the LR findings were measured at
+        # alpha / r (the setting the LR findings were measured at), or alpha / sqrt(r) with lora.rslora
+        use_rslora=bool(getattr(lora, "rslora", False)),
         bias="none",
         # GPT-2's Conv1D stores weights transposed
         fan_in_fan_out=any(type(modules[name]).__name__ == "Conv1D" for name in target_modules),

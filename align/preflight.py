@@ -13,7 +13,8 @@ trainer runs it first (`align.trainers.common.start_run`), before anything is wr
   exists, holds a save of the recipe's mode with the files that mode needs, and fits the recipe's
   model (shapes of the saved LoRA, full weights and scalar head, read from the safetensors headers,
   against the recipe's model built on the meta device);
-- a policy's init adapter settles `lora.rank`, `lora.alpha` and `lora.targets` (`_settle_lora`).
+- a policy's init adapter settles `lora.rank`, `lora.alpha`, `lora.targets` and `lora.rslora`
+  (`_settle_lora`).
 Each problem is one ConfigError line: key, path, what is wrong. `adapter_load_errors` wraps the
 actual loads in the trainers, for a misfit these checks cannot foresee.
 
@@ -45,8 +46,8 @@ _HEAD_FILE = "head.safetensors"  # align.role_helpers.HEAD_FILE (not imported: i
 
 def preflight(cfg: RecipeConfig) -> RecipeConfig:
     """Check `cfg` against the disk before anything loads (see above), and settle `lora.rank`,
-    `lora.alpha` and `lora.targets` from a policy's init adapter (`_settle_lora`). Updates `cfg`
-    in place and returns it; raises ConfigError."""
+    `lora.alpha`, `lora.targets` and `lora.rslora` from a policy's init adapter (`_settle_lora`).
+    Updates `cfg` in place and returns it; raises ConfigError."""
     _check_model(cfg.model)
     _check_output_dir(cfg)
     meta: list = []  # the recipe's model on the meta device, built on first use
@@ -353,15 +354,16 @@ def _target_preset(targets: Any, model: Any) -> str | None:
 
 
 def _settle_lora(cfg: RecipeConfig, key: str, folder: Path, adapter: dict[str, Any], model: Any) -> None:
-    """A run started from a saved adapter trains that adapter as it is, so its rank, alpha and
-    targets are the run's. A `lora.*` value left at its default takes the adapter's (config.yaml
-    and summary.json then record what was trained; in PPO the fresh value adapter gets the same
-    shape); any other value must equal the adapter's, or the run is refused."""
+    """A run started from a saved adapter trains that adapter as it is, so its rank, alpha,
+    targets and scaling (rslora) are the run's. A `lora.*` value left at its default takes the
+    adapter's (config.yaml and summary.json then record what was trained; in PPO the fresh value
+    adapter gets the same shape); any other value must equal the adapter's, or the run is refused."""
     defaults = LoraSettings()
     saved = {
         "rank": adapter.get("r"),
         "alpha": float(adapter["lora_alpha"]) if isinstance(adapter.get("lora_alpha"), (int, float)) else None,
         "targets": _target_preset(adapter.get("target_modules"), model),
+        "rslora": adapter.get("use_rslora") if isinstance(adapter.get("use_rslora"), bool) else None,
     }
     taken = []
     for name, value in saved.items():

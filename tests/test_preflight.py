@@ -317,6 +317,15 @@ def test_a_ppo_init_adapter_shape_is_the_runs_value_adapter_included(tmp_path, s
     assert value["r"] == 2  # the fresh value adapter takes the run's (the adapter's) shape
 
 
+def test_an_init_adapter_with_rslora_scaling_makes_the_run_rslora(tmp_path):
+    model, tokenizer = load_model_and_tokenizer("scratch:test")
+    policy = SharedBase(model, tokenizer, mode="lora", lora={"rank": 4, "rslora": True})
+    policy.add_policy()
+    policy.save_role("policy", tmp_path / "adapter")
+    cfg = preflight(load_recipe(None, DPO + [f"dpo.init_adapter={tmp_path / 'adapter'}"]))
+    assert (cfg.lora.rank, cfg.lora.rslora) == (4, True)  # lora.rslora left at its default takes the adapter's
+
+
 @pytest.mark.parametrize("override, adapter_value", [("lora.rank=4", 2), ("lora.alpha=8", 16.0), ("lora.targets=mlp", "'attention'")])
 def test_an_init_adapter_that_conflicts_with_the_recipe_is_refused(tmp_path, saved, override, adapter_value):
     key, value = override.split("=")

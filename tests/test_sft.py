@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.config import load_recipe
+from align.config import ConfigError, load_recipe
 from align.models import load_model_and_tokenizer
 from align.trainers.sft import train_sft
 from tests.helpers import crash_after_checkpoint
@@ -103,3 +103,27 @@ def test_resume_continues_the_exact_loss_curve(tmp_path):
     resumed = losses(run(tmp_path, "crashed", "train.steps=6", "train.save_every=3", "resume=true").run_dir)
     assert len(resumed) == 6  # metrics rows after the checkpoint were replaced, not duplicated
     assert resumed == pytest.approx(unbroken, abs=1e-6)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_rank_and_loads_with_plain_peft(tmp_path):
+    """lora.rslora: the update is scaled by alpha / sqrt(r) (peft's use_rslora), adapter_config.json
+    says so, and plain peft loads the saved adapter with the same scaling and the same outputs."""
+    from peft import PeftModel
+
+    result = run(tmp_path, "rslora", "train.steps=2", "lora.rank=4", "lora.alpha=8", "lora.rslora=true")
+    model = result.model.eval()
+    scalings = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict) and m.scaling}
+    assert scalings == {8 / 4 ** 0.5}  # alpha / sqrt(r) = 4.0, not alpha / r = 2
+    adapter = os.path.join(result.run_dir, "adapter")
+    assert json.load(open(os.path.join(adapter, "adapter_config.json")))["use_rslora"] is True
+    base, _ = load_model_and_tokenizer("scratch:test")
+    loaded = PeftModel.from_pretrained(base, adapter).eval()
+    assert {m.scaling["default"] for m in loaded.modules() if isinstance(getattr(m, "scaling", None), dict) and m.scaling} == scalings
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+        with loaded.disable_adapter():
+            assert not torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits)  # the adapter trained
+    assert load_recipe(None, FAST + ["output_dir=x"]).lora.rslora is False  # 1/r stays the default
+    with pytest.raises(ConfigError, match="lora.rslora"):
+        load_recipe(None, FAST + ["output_dir=x", "lora.rslora=3"])
