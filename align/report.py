@@ -369,10 +369,10 @@ def load_study(path: Path) -> dict[str, Any]:
     return {"name": path.name, "metric": metric, "metric_label": metric, "rows": rows, "notes": []}
 
 
-def verdict(rows: list[dict[str, Any]], baseline: str = "full") -> list[str]:
+def verdict(rows: list[dict[str, Any]], baseline: str = "full", higher_is_better: bool = True) -> list[str]:
     """One sentence per configuration against the baseline (FullFT): the difference of seed means
     in units of the combined seed spread sqrt(std_a^2 + std_b^2): within 1 = matches; otherwise
-    trails or beats by that many."""
+    trails or beats by that many (`higher_is_better=False`, e.g. a loss: a lower mean beats)."""
     base = next((r for r in rows if r["configuration"] == baseline), None)
     if base is None:
         return [f"No '{baseline}' configuration: nothing to compare against."]
@@ -386,7 +386,7 @@ def verdict(rows: list[dict[str, Any]], baseline: str = "full") -> list[str]:
         if abs(z) <= 1:
             word = "matches"
         else:
-            word = "trails" if diff < 0 else "beats"
+            word = "trails" if (diff < 0) == higher_is_better else "beats"
         out.append(f"{row['configuration']} {word} {baseline}: {row['metric_mean']:.3f} ± {row['metric_std']:.3f} vs "
                    f"{base['metric_mean']:.3f} ± {base['metric_std']:.3f} ({diff:+.3f}, {z:+.1f} combined seed std)"
                    + (f"; its best LR {row['best_lr']:g} is at the EDGE of its grid" if row.get("edge") else ""))
@@ -400,7 +400,7 @@ def _finite_lrs(row: dict[str, Any]) -> list[tuple[str, tuple[float, float]]]:
 def study_report(study: dict[str, Any], page: _Page) -> None:
     rows = study["rows"]
     metric = study["metric"]
-    lines = verdict(rows)
+    lines = verdict(rows, higher_is_better=study.get("higher_is_better", True))
     page.section("verdict", "<ul>" + "".join(f"<li>{_e(l)}</li>" for l in lines) + "</ul>",
                  "Matches: within one combined seed standard deviation of FullFT's mean at each configuration's best LR.")
     lr_chart = page.chart({

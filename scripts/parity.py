@@ -6,16 +6,30 @@
     OMP_NUM_THREADS=1 python scripts/parity.py ppo --override train.steps=60 \
         --best-from results/parity_ppo/table.csv --runs-dir runs/parity_ppo_long --out results/parity_ppo_long
 
+The replication atlas (issue 13): one study per "LoRA Without Regret" finding, outputs under
+results/atlas/<study>/ (each ~10-25 min with --jobs 2 on 2 free cores):
+
+    OMP_NUM_THREADS=1 python scripts/parity.py sft            # 1: SFT parity, FullFT vs LoRA r1/r4/r8/r32
+    OMP_NUM_THREADS=1 python scripts/parity.py sft_batch      # 3: batch 8/32/128 at 4800 examples seen
+    OMP_NUM_THREADS=1 python scripts/parity.py sft_targets    # 4: attention (rank matched) / mlp / all, SFT
+    OMP_NUM_THREADS=1 python scripts/parity.py grpo_targets   # 4: the same on GRPO (runs in runs/parity_grpo)
+    OMP_NUM_THREADS=1 python scripts/parity.py sft_rslora     # 6: best LR across ranks, alpha/r vs alpha/sqrt(r)
+
+The SFT studies share runs/atlas_sft, so a configuration two of them hold (e.g. sft's lora_r8 in
+sft_batch, sft_targets and sft_rslora) runs once; run `sft` first. Their metric is the held-out
+loss, where lower is better (`Study.higher_is_better`): the best LR, EDGE and the verdict follow.
+
 For every configuration of the study (FullFT, and LoRA on all layers at ranks 1, 4, 8), every
 learning rate of that configuration's grid and every seed, ONE training run is a separate process
 (`python -m align.cli train RECIPE overrides... output_dir=...`), one torch thread each, at most
 `--jobs` (default 2) at a time. A run whose summary.json exists is not run again, so an
 interrupted study continues where it stopped. Run folders go under `runs/parity_<method>/`
-(gitignored); the outputs go to `results/parity_<method>/` (`--smoke`: `..._smoke`):
+(gitignored); the outputs go to `results/parity_<method>/` (`--smoke`: `..._smoke`), or to the
+study's own `runs_dir` / `out_dir`:
 
     table.md, table.csv   per configuration, at its best LR (the LR with the best seed-mean final
-                          metric): the final metric as mean +- std over seeds, the secondary
-                          metrics, the best LR, peak memory (max over those runs; CPU: process
+                          metric, highest or lowest as the study says): the final metric as
+                          mean +- std over seeds, the secondary metrics, the best LR, peak memory (max over those runs; CPU: process
                           peak RSS) and trainable parameters. A best LR at the edge of its grid
                           is flagged "EDGE" in the table and printed as a warning: the grid must
                           then be extended, the optimum may lie outside it.
@@ -25,6 +39,9 @@ interrupted study continues where it stopped. Run folders go under `runs/parity_
                           (seed mean, shaded std)
     study.json            all of the above as numbers, and the verdict (align.report.verdict):
                           what `align report results/parity_<method>` draws as one HTML page
+    metric_vs_axis.png,   studies with an `axis` (rank, steps, batch size): each configuration's
+    table_axis.md/.csv    best-LR metric against it, one curve per series;
+    best_lr_vs_axis.png   and, with `axis_best_lr`, each configuration's best LR against it
 
 With `--wandb` every run logs to wandb (offline unless you are logged in), grouped so the wandb UI
 compares them side by side: group = the study folder's name, job_type = the configuration,
@@ -73,8 +90,10 @@ class Study:
     recipe: str
     overrides: list[str]
     configurations: list[Configuration]
-    metric: str  # key of summary.json's eval_after (higher is better), and of metrics.jsonl as eval/<metric>
+    metric: str  # key of summary.json's eval_after, and of metrics.jsonl as eval/<metric>
     metric_label: str
+    higher_is_better: bool = True  # False for a loss: the best LR is the one with the lowest seed mean
+    digits: int = 3  # decimals of the primary metric in table.md and table_axis.md
     secondary: list[str] = field(default_factory=list)  # more eval_after keys reported beside it
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     smoke_overrides: list[str] = field(default_factory=list)
@@ -87,6 +106,8 @@ class Study:
     # Optional extra plot and table: the best-LR metric of each configuration against a numeric
     # axis, one curve per series: (axis label, {configuration name: (series, x)}).
     axis: tuple[str, dict[str, tuple[str, float]]] | None = None
+    # With an axis: also plot each configuration's best LR against it (best_lr_vs_axis.png).
+    axis_best_lr: bool = False
 
 
 def _lora(rank: int, lrs: list[float]) -> Configuration:
@@ -108,6 +129,14 @@ FULL_GRPO_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]  # 100x, x ~3.16 per point
 LORA_GRPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # 30x, around FullFT's grid x 10 (the "LoRA Without Regret" rule)
 FULL_RM_LRS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3]
 LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
+
+GRPO_OVERRIDES = [
+    "optimizer.lr_rule=false",  # every LR here is the LR actually used
+    "train.steps=60", "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+]
+GRPO_SMOKE_OVERRIDES = ["model=scratch:test", "train.steps=2", "train.eval_every=0", "grpo.prompts_per_iteration=4",
+                        "grpo.group_size=4", "grpo.minibatch_size=8", "rollout.max_new_tokens=6", "data.num_train=64",
+                        "eval.num_prompts=8", "eval.max_new_tokens=4"]
 
 DPO_OVERRIDES = [
     "optimizer.lr_rule=false",  # every LR here is the LR actually used
@@ -157,11 +186,15 @@ BATCH_DPO_LRS = {  # first 3 points each; extended down where the bottom won (fu
 }
 
 
-def _at_batch(config: Configuration, batch: int, lrs: list[float], examples: int = 1920) -> Configuration:
-    steps = examples // batch
+def _at_batch(config: Configuration, batch: int, lrs: list[float], examples: int = 1920, warmup_at_32: int = 5,
+              evals: int = 2, logs: int = 6) -> Configuration:
+    """`config` at another batch size and the same number of examples seen (steps = examples /
+    batch, rounded), warmup the same share of them (`warmup_at_32` steps at batch 32), `evals`
+    evaluations and `logs` log lines per run. The defaults are the DPO batch study's."""
+    steps = round(examples / batch)
     return Configuration(f"{config.name}_bs{batch}", [*config.overrides, f"train.batch_size={batch}", f"train.steps={steps}",
-                         f"optimizer.warmup_steps={max(1, round(5 * 32 / batch))}", f"train.eval_every={max(1, steps // 2)}",
-                         f"train.log_every={max(1, steps // 6)}"], lrs)
+                         f"optimizer.warmup_steps={max(1, round(warmup_at_32 * 32 / batch))}",
+                         f"train.eval_every={max(1, steps // evals)}", f"train.log_every={max(1, steps // logs)}"], lrs)
 
 
 def _emb(rank: int, lrs: list[float], embedding_alpha: float | None = None) -> Configuration:
@@ -176,6 +209,69 @@ def _long(config: Configuration, lrs: list[float], steps: int = 120) -> Configur
 
 
 _BASELINE = {c.name: c for c in _full_and_lora(FULL_DPO_LRS, LORA_DPO_LRS)}
+
+# ---- the replication atlas (issue 13): one study per "LoRA Without Regret" finding --------------
+# Finding 1, small data: SFT of the built-in base on the arithmetic task's demonstrations
+# (recipes/sft_lora.yaml, 150 steps at batch 32 = 4800 examples, about 1.2 epochs of the 4000 rows);
+# the metric is the held-out loss (lower is better). One run: ~15 s on one thread.
+SFT_OVERRIDES = [
+    "optimizer.lr_rule=false",  # every LR here is the LR actually used
+    "train.steps=150", "train.batch_size=32", "train.log_every=10", "train.eval_every=50",
+    "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+]
+SFT_SMOKE_OVERRIDES = ["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
+                       "data.num_train=64", "data.num_eval=16", "eval.num_prompts=8", "eval.max_new_tokens=4"]
+SFT_RANKS = (1, 4, 8, 32)
+# Grids from probe runs (seed 0, final held-out loss): FullFT 3e-4 0.0325, 1e-3 0.0286, 3e-3 0.0241,
+# 1e-2 0.891 (diverged); LoRA r8 1e-3 0.0380, 3e-3 0.0301, 1e-2 0.0352. Both best near 3e-3 (not
+# the 10x apart of the rule), so LoRA's grid reaches 3e-2 for rank 1 and 3e-4 for sft_rslora's
+# higher ranks (alpha / sqrt(r) at r32 is ~5.7x alpha / r: its best LR should lie ~5.7x lower).
+FULL_SFT_LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # 100x, x ~3.16 per point
+LORA_SFT_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]  # 100x
+# Finding 3, batch size at a fixed 4800 examples seen (the sft study's 150 steps at 32): batch 8
+# (600 steps), 32 (the sft study's runs), 128 (38 steps: 4864 examples, 1.3% more); warmup the
+# same share of the examples (10 steps at 32, as the recipe).
+SFT_BATCH_SIZES = (8, 32, 128)
+SFT_EXAMPLES = 4800
+# LR grids: 30x around batch 32's best (3e-3 for both), shifted down at 8 and up at 128 (larger
+# batches usually want larger LRs), except FullFT at 128, whose probe at 1e-2 diverged (loss 1.20).
+BATCH_SFT_LRS = {
+    "full": {8: [1e-4, 3e-4, 1e-3, 3e-3], 128: [3e-4, 1e-3, 3e-3, 1e-2]},
+    "lora_r1": {8: [3e-4, 1e-3, 3e-3, 1e-2], 128: [1e-3, 3e-3, 1e-2, 3e-2]},
+    "lora_r8": {8: [3e-4, 1e-3, 3e-3, 1e-2], 128: [1e-3, 3e-3, 1e-2, 3e-2]},
+}
+# Finding 4, where the adapters go, at matched trainable parameters. The built-in base (2 layers,
+# hidden 128, MLP 512; q/k/v/o 128x128, gate/up 128->512, down 512->128) gives a rank-r adapter
+# r*(in+out) parameters per layer: attention 4*256*r = 1024r, MLP 3*640*r = 1920r per block, so
+# targets all at rank 8 = 2*(1024+1920)*8 = 47,104 and targets attention at rank 23 =
+# 2*1024*23 = 47,104 (exactly equal; tests/test_parity_atlas.py counts them on the peft model);
+# targets mlp at rank 8 = 30,720.
+ATTENTION_MATCHED_RANK = 23
+TARGETS_SFT_LRS = [1e-3, 3e-3, 1e-2, 3e-2]  # 30x around all-r8's best (3e-3); fewer layers may want more
+TARGETS_GRPO_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # the grpo study's LoRA grid (all at rank 8: best 1e-3)
+
+
+def _targets(targets: str, rank: int, lrs: list[float]) -> Configuration:
+    return Configuration(f"lora_{targets}_r{rank}", ["mode=lora", f"lora.rank={rank}", "lora.alpha=32", f"lora.targets={targets}"], lrs)
+
+
+def _rslora(rank: int, lrs: list[float]) -> Configuration:
+    """LoRA on all layers with alpha / sqrt(r) scaling (lora.rslora) instead of alpha / r."""
+    return Configuration(f"lora_rs_r{rank}", [*_lora(rank, lrs).overrides, "lora.rslora=true"], lrs)
+
+
+def _sft_study(configurations: list[Configuration], smoke_configurations: list[str], **kwargs) -> Study:
+    """An SFT study of the atlas: recipes/sft_lora.yaml with SFT_OVERRIDES, the held-out loss (lower
+    is better); every SFT study's runs go to runs/atlas_sft, so a configuration that two studies
+    share (same name, same command) runs once."""
+    return Study(recipe="recipes/sft_lora.yaml", overrides=list(SFT_OVERRIDES), configurations=configurations,
+                 metric="loss", metric_label="held-out SFT loss (mean NLL per answer token, nats, 256 eval rows; lower is better)",
+                 higher_is_better=False, digits=4, secondary=["accuracy_sampled", "accuracy_greedy"],
+                 smoke_overrides=list(SFT_SMOKE_OVERRIDES), smoke_configurations=smoke_configurations,
+                 smoke_lr_indices=(0,), runs_dir="runs/atlas_sft", **kwargs)
+
+
+_SFT = {c.name: c for c in [Configuration("full", ["mode=full"], FULL_SFT_LRS), *(_lora(r, LORA_SFT_LRS) for r in SFT_RANKS)]}
 
 STUDIES: dict[str, Study] = {
     "dpo": Study(
@@ -238,17 +334,12 @@ STUDIES: dict[str, Study] = {
     # RL is ~1 bit per episode, so rank 1 matches FullFT. Eval every 5 iterations for the curves.
     "grpo": Study(
         recipe="recipes/grpo_lora.yaml",
-        overrides=[
-            "optimizer.lr_rule=false",  # every LR here is the LR actually used
-            "train.steps=60", "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
-        ],
+        overrides=list(GRPO_OVERRIDES),
         configurations=_full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS),
         metric="accuracy_sampled",
         metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
         secondary=["accuracy_greedy", "mean_response_length"],
-        smoke_overrides=["model=scratch:test", "train.steps=2", "train.eval_every=0", "grpo.prompts_per_iteration=4",
-                         "grpo.group_size=4", "grpo.minibatch_size=8", "rollout.max_new_tokens=6", "data.num_train=64",
-                         "eval.num_prompts=8", "eval.max_new_tokens=4"],
+        smoke_overrides=list(GRPO_SMOKE_OVERRIDES),
     ),
     # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the
     # last_token+logprob head): the metric is pairwise accuracy on held-out pairs.
@@ -265,6 +356,43 @@ STUDIES: dict[str, Study] = {
         secondary=["pairs/margin", "pairs/loss"],
         smoke_overrides=["model=scratch:test", "train.steps=3", "train.eval_every=0", "train.batch_size=8",
                          "data.num_train=64", "data.num_eval=16"],
+    ),
+    # ---- the replication atlas (issue 13); SFT runs in runs/atlas_sft, GRPO's in runs/parity_grpo.
+    # Finding 1: LoRA matches FullFT on small-data SFT.
+    "sft": _sft_study(list(_SFT.values()), ["lora_r1"], out_dir="results/atlas/sft"),
+    # Finding 3: batch size 8 / 32 / 128 at a fixed number of examples seen; batch 32 is the sft study's runs.
+    "sft_batch": _sft_study(
+        [*(c for n, c in _SFT.items() if n in BATCH_SFT_LRS),
+         *(_at_batch(_SFT[n], b, BATCH_SFT_LRS[n][b], examples=SFT_EXAMPLES, warmup_at_32=10, evals=3, logs=15)
+           for n in BATCH_SFT_LRS for b in SFT_BATCH_SIZES if b != 32)],
+        ["lora_r1_bs128"], out_dir="results/atlas/sft_batch",
+        axis=(f"batch size ({SFT_EXAMPLES} examples seen)",
+              {f"{n}_bs{b}" if b != 32 else n: (n, b) for n in BATCH_SFT_LRS for b in SFT_BATCH_SIZES}),
+    ),
+    # Finding 4 on SFT: attention-only at matched parameters, MLP-only, all (the sft study's rows).
+    "sft_targets": _sft_study(
+        [_SFT["full"], _SFT["lora_r8"], _targets("attention", ATTENTION_MATCHED_RANK, TARGETS_SFT_LRS),
+         _targets("mlp", 8, TARGETS_SFT_LRS)],
+        ["lora_attention_r23"], out_dir="results/atlas/targets_sft",
+    ),
+    # Finding 4 on RL (GRPO): the same three placements; full and lora_r8 are the grpo study's runs.
+    "grpo_targets": Study(
+        recipe="recipes/grpo_lora.yaml", overrides=list(GRPO_OVERRIDES),
+        configurations=[*(c for c in _full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS) if c.name in ("full", "lora_r8")),
+                        _targets("attention", ATTENTION_MATCHED_RANK, TARGETS_GRPO_LRS), _targets("mlp", 8, TARGETS_GRPO_LRS)],
+        metric="accuracy_sampled", metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
+        secondary=["accuracy_greedy", "mean_response_length"], smoke_overrides=list(GRPO_SMOKE_OVERRIDES),
+        smoke_configurations=["lora_attention_r23"], smoke_lr_indices=(0,),
+        runs_dir="runs/parity_grpo", out_dir="results/atlas/targets_grpo",
+    ),
+    # Finding 6, the LR rule's premise: with alpha / r the best LoRA LR stays put across ranks; with
+    # alpha / sqrt(r) (lora.rslora) the update grows with sqrt(r), so it should fall as r grows.
+    # The 1/r rows are the sft study's runs. At rank 1 both scalings are alpha (the same run: a check).
+    "sft_rslora": _sft_study(
+        [*(_SFT[f"lora_r{r}"] for r in SFT_RANKS), *(_rslora(r, LORA_SFT_LRS) for r in SFT_RANKS)],
+        ["lora_rs_r4"], out_dir="results/atlas/sft_rslora", axis_best_lr=True,
+        axis=("LoRA rank", {**{f"lora_r{r}": ("alpha / r", r) for r in SFT_RANKS},
+                            **{f"lora_rs_r{r}": ("alpha / sqrt(r) (rslora)", r) for r in SFT_RANKS}}),
     ),
 }
 
@@ -332,6 +460,17 @@ def _curve(run_dir: Path, key: str) -> dict[int, float]:
     return out
 
 
+def best_lr(scored: dict[float, tuple[float, float]], higher_is_better: bool = True) -> float:
+    """The LR whose seed-mean metric is best (`scored`: LR -> (mean, std)): the highest mean, or the
+    lowest with `higher_is_better=False`. A NaN mean (a run that diverged) is never the best, unless
+    every mean is NaN (then the first LR)."""
+    finite = {lr: ms for lr, ms in scored.items() if not math.isnan(ms[0])}
+    if not finite:
+        return next(iter(scored))
+    pick = max if higher_is_better else min
+    return pick(finite, key=lambda lr: finite[lr][0])
+
+
 def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list[dict]:
     rows = []
     for config in configs:
@@ -346,22 +485,22 @@ def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_d
         scored = {lr: _mean_std([s["eval_after"][study.metric] for _, s in ss]) for lr, ss in per_lr.items() if ss}
         if not scored:
             continue
-        best_lr = max(scored, key=lambda lr: scored[lr][0])
-        best = per_lr[best_lr]
-        edge = len(config.lrs) > 1 and best_lr in (config.lrs[0], config.lrs[-1])
+        best_at = best_lr(scored, study.higher_is_better)
+        best = per_lr[best_at]
+        edge = len(config.lrs) > 1 and best_at in (config.lrs[0], config.lrs[-1])
         row = {
             "configuration": config.name,
-            "best_lr": best_lr,
+            "best_lr": best_at,
             "edge": "EDGE" if edge else "",
-            "metric_mean": scored[best_lr][0],
-            "metric_std": scored[best_lr][1],
+            "metric_mean": scored[best_at][0],
+            "metric_std": scored[best_at][1],
             "metric_before": statistics.fmean(s["eval_before"].get(study.metric, math.nan) for _, s in best),
             "seeds": len(best),
             "peak_memory_mb": max(s["peak_memory_bytes"] for _, s in best) / 2**20,
             "trainable_parameters": best[0][1]["trainable_parameters"],
             "wall_time_s": statistics.fmean(s["wall_time_s"] for _, s in best),
             "by_lr": {lr: scored[lr] for lr in config.lrs if lr in scored},
-            "curves": [_curve(runs_dir / run_name(config, best_lr, seed), f"eval/{study.metric}") for seed, _ in best],
+            "curves": [_curve(runs_dir / run_name(config, best_at, seed), f"eval/{study.metric}") for seed, _ in best],
         }
         for key in study.secondary:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([s["eval_after"].get(key, math.nan) for _, s in best])
@@ -387,15 +526,18 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", "before"]
     header += [f"{k} (mean ± std)" for k in study.secondary]
     header += ["seeds", "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
-    lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR.",
+    better, d = ("the highest" if study.higher_is_better else "the lowest"), study.digits
+    lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR "
+             f"({better} seed mean of its grid).",
              *[f"{n}  " for n in notes], "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         diff = row["metric_mean"] - full["metric_mean"] if full else math.nan
         cells = [row["configuration"], f"{row['best_lr']:g}" + (" **EDGE**" if row["edge"] else ""),
-                 f"{row['metric_mean']:.3f} ± {row['metric_std']:.3f}", f"{diff:+.3f}", f"{row['metric_before']:.3f}"]
+                 f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else "",
+                 f"{row['metric_before']:.{d}f}"]
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
         cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}", f"{row['trainable_parameters']:,}",
-                  ", ".join(f"{lr:g}: {m:.3f}" for lr, (m, _) in row["by_lr"].items())]
+                  ", ".join(f"{lr:g}: {m:.{d}f}" for lr, (m, _) in row["by_lr"].items())]
         lines.append("| " + " | ".join(cells) + " |")
     edges = [r["configuration"] for r in rows if r["edge"]]
     if edges:
@@ -417,10 +559,14 @@ def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, 
         return out
 
     data = {"name": out_dir.name, "title": title, "metric": study.metric, "metric_label": study.metric_label,
-            "secondary": study.secondary, "recipe": study.recipe, "runs_dir": str(runs_dir), "notes": list(notes),
+            "higher_is_better": study.higher_is_better, "secondary": study.secondary, "recipe": study.recipe, "runs_dir": str(runs_dir), "notes": list(notes),
             "rows": [clean(r) for r in rows]}
-    data["verdict"] = verdict(data["rows"])
+    data["verdict"] = verdict(data["rows"], higher_is_better=study.higher_is_better)
     (out_dir / "study.json").write_text(json.dumps(finite_json(data), indent=1) + "\n")
+
+
+def _metric_axis_label(study: Study) -> str:
+    return study.metric + ("" if study.higher_is_better else " (lower is better)")
 
 
 def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> None:
@@ -437,7 +583,7 @@ def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> No
         ax.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, label=row["configuration"])
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(study.metric)
+    ax.set_ylabel(_metric_axis_label(study))
     ax.set_title(f"{title}: final {study.metric} vs LR", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -456,7 +602,7 @@ def write_plots(study: Study, rows: list[dict], out_dir: Path, title: str) -> No
         ax.plot(steps, means, marker="o", label=f"{row['configuration']} (lr {row['best_lr']:g})")
         ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
     ax.set_xlabel("step")
-    ax.set_ylabel(study.metric)
+    ax.set_ylabel(_metric_axis_label(study))
     ax.set_title(f"{title}: learning curves at each best LR", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -487,7 +633,8 @@ def write_axis(study: Study, rows: list[dict], out_dir: Path, title: str) -> str
         writer = csv.writer(f)
         writer.writerow(["series", "x", "configuration", "best_lr", "metric_mean", "metric_std", "seeds"])
         for line, pts in series.items():
-            cells = {x: f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f} (LR {r['best_lr']:g}{', EDGE' if r['edge'] else ''})" for x, r in pts}
+            d = study.digits
+            cells = {x: f"{r['metric_mean']:.{d}f} ± {r['metric_std']:.{d}f} (LR {r['best_lr']:g}{', EDGE' if r['edge'] else ''})" for x, r in pts}
             lines.append(f"| {line} | " + " | ".join(cells.get(x, "") for x in xs) + " |")
             for x, r in sorted(pts, key=lambda p: p[0]):
                 writer.writerow([line, x, r["configuration"], r["best_lr"], r["metric_mean"], r["metric_std"], r["seeds"]])
@@ -507,13 +654,34 @@ def write_axis(study: Study, rows: list[dict], out_dir: Path, title: str) -> str
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.set_xlabel(label)
-    ax.set_ylabel(f"{study.metric} (best LR each)")
+    ax.set_ylabel(f"{_metric_axis_label(study)}, best LR each")
     ax.set_title(f"{title}: {study.metric} vs {label}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out_dir / "metric_vs_axis.png", dpi=110)
     plt.close(fig)
+
+    if study.axis_best_lr:  # where each configuration's best LR lies along the axis (EDGE: hollow marker)
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for line, pts in series.items():
+            pts = sorted(pts, key=lambda p: p[0])
+            drawn = ax.plot([x for x, _ in pts], [r["best_lr"] for _, r in pts], marker="o", label=line)[0]
+            edge = [(x, r["best_lr"]) for x, r in pts if r["edge"]]
+            if edge:
+                ax.plot(*zip(*edge), ls="none", marker="o", ms=11, mfc="none", color=drawn.get_color())
+        if len(xs) > 1 and xs[-1] / xs[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylabel("best learning rate of the grid")
+        ax.set_title(f"{title}: best LR vs {label} (ringed: at the grid's edge)", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        fig.savefig(out_dir / "best_lr_vs_axis.png", dpi=110)
+        plt.close(fig)
     return text
 
 

@@ -1,0 +1,186 @@
+"""The replication-atlas studies of `scripts/parity.py` (issue 13): SFT parity (`sft`), batch size
+(`sft_batch`), adapter placement at matched parameters (`sft_targets`, `grpo_targets`) and 1/r vs
+1/sqrt(r) scaling (`sft_rslora`). Well-formed grids and configurations, run folders shared between
+studies only where the command is the same, lower-is-better best-LR picking (SFT's loss) on a
+hand-made table, and a smoke run of each study's smallest configuration (1 LR, 1 seed, a few steps
+on `scratch:test`) with its table and plots."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ATLAS = ("sft", "sft_batch", "sft_targets", "grpo_targets", "sft_rslora")
+
+
+@pytest.fixture(scope="module")
+def parity():
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["parity"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _span_ok(lrs: list[float], points: int, span: float) -> bool:
+    return len(lrs) >= points and max(lrs) / min(lrs) >= span - 1e-9 and lrs == sorted(lrs)
+
+
+def test_shared_run_folders_are_the_same_run(parity):
+    """Every study, old and new: one run folder (runs dir + configuration-lr-seed) is one command."""
+    commands: dict[tuple[str, str], tuple] = {}
+    for method, study in parity.STUDIES.items():
+        runs_dir = study.runs_dir or f"runs/parity_{method}"
+        for c in study.configurations:
+            assert len({parity.lr_tag(lr) for lr in c.lrs}) == len(c.lrs), (method, c.name)
+            for lr in c.lrs:
+                key = (runs_dir, parity.run_name(c, lr, 0))
+                command = (study.recipe, tuple(study.overrides), tuple(c.overrides))
+                assert commands.setdefault(key, command) == command, (method, key)
+    assert parity.STUDIES["grpo_targets"].runs_dir == "runs/parity_grpo"
+    assert {parity.STUDIES[m].runs_dir for m in ATLAS if m != "grpo_targets"} == {"runs/atlas_sft"}
+
+
+def test_atlas_studies_are_well_formed(parity, repo):
+    from align.config import load_recipe
+
+    for method in ATLAS:
+        study = parity.STUDIES[method]
+        assert study.out_dir.startswith("results/atlas/"), method
+        assert set(study.smoke_configurations) <= {c.name for c in study.configurations}, method
+        for c in study.configurations:
+            assert c.lrs == sorted(c.lrs) and len(c.lrs) >= 3, (method, c.name)
+            load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])  # every key and value is valid
+            load_recipe(repo / study.recipe, [*study.overrides, *c.overrides, *study.smoke_overrides])
+        if study.axis:
+            assert set(study.axis[1]) <= {c.name for c in study.configurations}, method
+
+    sft = parity.STUDIES["sft"]
+    assert sft.metric == "loss" and not sft.higher_is_better and sft.secondary == ["accuracy_sampled", "accuracy_greedy"]
+    assert [c.name for c in sft.configurations] == ["full", "lora_r1", "lora_r4", "lora_r8", "lora_r32"]
+    assert len(sft.seeds) == 3
+    cfg = load_recipe(repo / sft.recipe, sft.overrides)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.eval_every, cfg.eval.num_prompts) == (150, 32, 50, 256)
+    assert not cfg.optimizer.lr_rule and not cfg.tracking.wandb and cfg.train.threads == 1
+    for c in sft.configurations:
+        assert _span_ok(c.lrs, 4, 30), c.name  # at least 4 points spanning at least 30x
+
+    batches: dict[str, set[int]] = {}
+    for c in parity.STUDIES["sft_batch"].configurations:
+        cfg = load_recipe(repo / sft.recipe, [*sft.overrides, *c.overrides])
+        examples = cfg.train.batch_size * cfg.train.steps
+        assert abs(examples - parity.SFT_EXAMPLES) <= 0.02 * parity.SFT_EXAMPLES, c.name  # a fixed number of examples seen
+        assert abs(cfg.optimizer.warmup_steps * cfg.train.batch_size - 320) <= 64, c.name  # warmup: the same share
+        assert len(c.lrs) >= 3 and max(c.lrs) / min(c.lrs) >= 9.9, c.name
+        batches.setdefault(c.name.split("_bs")[0], set()).add(cfg.train.batch_size)
+    assert set(batches) == {"full", "lora_r1", "lora_r8"} and all(b == {8, 32, 128} for b in batches.values())
+
+    for method in ("sft_targets", "grpo_targets"):
+        study = parity.STUDIES[method]
+        targets = {c.name: load_recipe(repo / study.recipe, [*study.overrides, *c.overrides]).lora for c in study.configurations}
+        assert {n: (t.targets, t.rank) for n, t in targets.items() if n != "full"} == {
+            "lora_r8": ("all", 8), "lora_attention_r23": ("attention", 23), "lora_mlp_r8": ("mlp", 8)}, method
+        assert all(len(c.lrs) >= 3 for c in study.configurations)
+    assert len(parity.STUDIES["sft_targets"].seeds) == 3 and len(parity.STUDIES["grpo_targets"].seeds) >= 2
+
+    rs = {c.name: c for c in parity.STUDIES["sft_rslora"].configurations}
+    by_name = {c.name: c for c in sft.configurations}
+    for rank in (1, 4, 8, 32):
+        assert rs[f"lora_r{rank}"] == by_name[f"lora_r{rank}"]  # the 1/r rows are the sft study's runs
+        assert rs[f"lora_rs_r{rank}"].lrs == by_name[f"lora_r{rank}"].lrs
+        lora = load_recipe(repo / sft.recipe, [*sft.overrides, *rs[f"lora_rs_r{rank}"].overrides]).lora
+        assert lora.rslora and lora.rank == rank and lora.targets == "all"
+    assert parity.STUDIES["sft_rslora"].axis_best_lr and len(parity.STUDIES["sft_rslora"].seeds) == 3
+
+
+def test_attention_rank_matches_the_parameters_of_all_at_rank_8(parity, repo):
+    """Counted on the peft model of the built-in base, as the trainers build it."""
+    from peft import get_peft_model
+
+    from align.config import load_recipe
+    from align.lora import peft_lora_config
+    from align.models import load_model_and_tokenizer
+
+    base, _ = load_model_and_tokenizer("builtin:tiny-arith")
+    study = parity.STUDIES["sft_targets"]
+    counts = {}
+    for c in study.configurations[1:]:
+        lora = load_recipe(repo / study.recipe, [*study.overrides, *c.overrides]).lora
+        model = get_peft_model(base, peft_lora_config(base, lora))
+        counts[c.name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        base = model.unload()  # the plain base again, for the next configuration
+    assert counts["lora_r8"] == 47_104 and counts["lora_mlp_r8"] == 30_720  # the counts in parity.py's comment
+    assert abs(counts["lora_attention_r23"] / counts["lora_r8"] - 1) <= 0.03
+    # ... and no other integer rank is closer
+    per_rank = counts["lora_attention_r23"] / parity.ATTENTION_MATCHED_RANK
+    assert all(abs(r * per_rank - counts["lora_r8"]) >= abs(counts["lora_attention_r23"] - counts["lora_r8"]) for r in (22, 24))
+
+
+def test_lower_is_better_picks_the_lowest_loss(parity, tmp_path):
+    """A hand-made table of losses: the best LR is the lowest seed mean, a NaN (diverged) LR is
+    never the best, EDGE is judged on that pick, and the verdict says a lower loss beats FullFT."""
+    scored = {1e-4: (0.050, 0.001), 3e-4: (0.031, 0.001), 1e-3: (0.040, 0.002), 3e-3: (math.nan, math.nan)}
+    assert parity.best_lr(scored, higher_is_better=False) == 3e-4
+    assert parity.best_lr(scored, higher_is_better=True) == 1e-4
+    assert parity.best_lr({1e-3: (math.nan, math.nan)}, higher_is_better=False) == 1e-3
+
+    study = parity.Study(recipe="recipes/sft_lora.yaml", overrides=[], metric="loss", metric_label="loss",
+                         higher_is_better=False, seeds=[0, 1], configurations=[
+                             parity.Configuration("full", ["mode=full"], [1e-4, 3e-4, 1e-3]),
+                             parity.Configuration("lora_r8", ["mode=lora"], [1e-3, 3e-3, 1e-2])])
+    losses = {("full", 1e-4): (0.06, 0.062), ("full", 3e-4): (0.040, 0.041), ("full", 1e-3): (0.05, 0.05),
+              ("lora_r8", 1e-3): (0.09, 0.08), ("lora_r8", 3e-3): (0.05, 0.051), ("lora_r8", 1e-2): (0.030, 0.031)}
+    for c in study.configurations:
+        for lr in c.lrs:
+            for seed, loss in zip(study.seeds, losses[c.name, lr]):
+                run = tmp_path / "runs" / parity.run_name(c, lr, seed)
+                run.mkdir(parents=True)
+                (run / "summary.json").write_text(json.dumps({
+                    "eval_before": {"loss": 0.2}, "eval_after": {"loss": loss}, "peak_memory_bytes": 2**20,
+                    "trainable_parameters": 10, "wall_time_s": 1.0}))
+    rows = {r["configuration"]: r for r in parity.collect(study, study.configurations, study.seeds, tmp_path / "runs")}
+    assert (rows["full"]["best_lr"], rows["full"]["edge"]) == (3e-4, "")
+    assert rows["full"]["metric_mean"] == pytest.approx(0.0405)
+    assert (rows["lora_r8"]["best_lr"], rows["lora_r8"]["edge"]) == (1e-2, "EDGE")
+    out = tmp_path / "out"
+    text = parity.write_tables(study, list(rows.values()), out, "hand-made", [])
+    assert "the lowest seed mean" in text and "**EDGE**" in text
+    parity.write_study_json(study, list(rows.values()), out, "hand-made", [], tmp_path / "runs")
+    data = json.loads((out / "study.json").read_text())
+    assert data["higher_is_better"] is False and data["verdict"][0].startswith("lora_r8 beats full")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ATLAS)
+def test_atlas_study_smoke(tmp_path, repo, method):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "scripts/parity.py", method, "--smoke", "--jobs", "1", "--runs-dir", str(runs), "--out", str(out)],
+        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert len(rows) == 1 and int(rows[0]["trainable_parameters"]) > 0
+    for name in ("table.md", "metric_vs_lr.png", "curves.png", "study.json"):
+        assert (out / name).stat().st_size > 0, name
+    (run,) = runs.glob("*/summary.json")
+    summary = json.loads(run.read_text())
+    assert run.parent.name.startswith(rows[0]["configuration"]) and summary["method"] == method.split("_")[0]
+    if method.endswith("_targets"):
+        assert summary["lora_targets"] == "attention" and summary["lora_rank"] == 23
+    if method == "sft_rslora":
+        assert json.loads((run.parent / "adapter" / "adapter_config.json").read_text())["use_rslora"] is True
+        assert (out / "best_lr_vs_axis.png").stat().st_size > 0
+    if method in ("sft_batch", "sft_rslora"):
+        assert (out / "metric_vs_axis.png").stat().st_size > 0 and (out / "table_axis.csv").stat().st_size > 0
+    if method != "grpo_targets":
+        assert json.loads((out / "study.json").read_text())["higher_is_better"] is False
