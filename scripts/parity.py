@@ -387,12 +387,13 @@ STUDIES: dict[str, Study] = {
     ),
     # Finding 6, the LR rule's premise: with alpha / r the best LoRA LR stays put across ranks; with
     # alpha / sqrt(r) (lora.rslora) the update grows with sqrt(r), so it should fall as r grows.
-    # The 1/r rows are the sft study's runs. At rank 1 both scalings are alpha (the same run: a check).
+    # The 1/r rows are the sft study's runs. At rank 1 both scalings are alpha / 1, the same run, so
+    # rank 1 is not run again: the lora_r1 row stands for both.
     "sft_rslora": _sft_study(
-        [*(_SFT[f"lora_r{r}"] for r in SFT_RANKS), *(_rslora(r, LORA_SFT_LRS) for r in SFT_RANKS)],
+        [*(_SFT[f"lora_r{r}"] for r in SFT_RANKS), *(_rslora(r, LORA_SFT_LRS) for r in SFT_RANKS if r > 1)],
         ["lora_rs_r4"], out_dir="results/atlas/sft_rslora", axis_best_lr=True,
         axis=("LoRA rank", {**{f"lora_r{r}": ("alpha / r", r) for r in SFT_RANKS},
-                            **{f"lora_rs_r{r}": ("alpha / sqrt(r) (rslora)", r) for r in SFT_RANKS}}),
+                            **{f"lora_rs_r{r}": ("alpha / sqrt(r) (rslora)", r) for r in SFT_RANKS if r > 1}}),
     ),
 }
 

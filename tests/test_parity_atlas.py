@@ -94,8 +94,11 @@ def test_atlas_studies_are_well_formed(parity, repo):
 
     rs = {c.name: c for c in parity.STUDIES["sft_rslora"].configurations}
     by_name = {c.name: c for c in sft.configurations}
+    assert "lora_rs_r1" not in rs  # alpha / sqrt(1) = alpha / 1: lora_r1 is that run
     for rank in (1, 4, 8, 32):
         assert rs[f"lora_r{rank}"] == by_name[f"lora_r{rank}"]  # the 1/r rows are the sft study's runs
+        if rank == 1:
+            continue
         assert rs[f"lora_rs_r{rank}"].lrs == by_name[f"lora_r{rank}"].lrs
         lora = load_recipe(repo / sft.recipe, [*sft.overrides, *rs[f"lora_rs_r{rank}"].overrides]).lora
         assert lora.rslora and lora.rank == rank and lora.targets == "all"
