@@ -55,6 +55,7 @@ class DataSettings:
     bad_rows: Literal["error", "skip"] = _f("error", "On a malformed row: stop with an error, or skip and count it.")
     num_train: int = _f(4000, "Rows drawn from a built-in task's train split.")
     num_eval: int = _f(128, "Rows / prompts drawn from the eval split.")
+    num_facts: int = _f(1024, "Facts of the built-in memorisation task `facts` (its training and evaluation set are all of them); other tasks ignore it.")
     prompt_field: str = _f("prompt", "Prompt column of a prompt file (data.train_file / data.eval_file of an on-policy run).")
     answer_field: str = _f("answer", "Answer column of a prompt file (an integer, or GSM8K-style text ending in '#### 42'); needed only by rewards that read answers (arithmetic_correctness, gold_preference).")
     dataset_config: Optional[str] = _f(None, "Config name of a hub dataset given as data.train_file (e.g. 'main' for openai/gsm8k).")
@@ -394,6 +395,8 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad(f"data.{key}", f"file not found: {path}")
     if cfg.data.num_train < 1 or cfg.data.num_eval < 1:
         bad("data.num_train/num_eval", "must be at least 1")
+    if cfg.data.num_facts < 1:
+        bad("data.num_facts", f"must be at least 1, got {cfg.data.num_facts}")
     if cfg.eval.num_prompts < 1 or cfg.eval.max_new_tokens < 1:
         bad("eval", "num_prompts and max_new_tokens must be at least 1")
     if cfg.resume and cfg.output_dir is None:

@@ -12,6 +12,9 @@ temperature 1. It returns
     mean_response_length mean number of sampled response tokens (EOS included)
     no_stop_fraction     fraction of sampled responses that hit `max_new_tokens` without EOS
 
+and whatever the task's own `extra_metrics(model, tokenizer)` adds (`facts`: `bits_per_fact`
+and `recall` on all its facts, `align.tasks.facts.memorisation_metrics`).
+
 With a `samples` list it also hands back the sampled completions themselves (for samples.jsonl,
 wandb tables and `align report`); the metrics are the same with or without it.
 
@@ -69,7 +72,10 @@ def evaluate_task(
         for i, prompt in enumerate(prompts):
             samples.append({"prompt": prompt, "response": sampled.texts[i], "reward": float(correct_sampled[i]),
                             "gold": float(gold_sampled[i]), "length": int(lengths[i]), "stopped": bool(stopped[i])})
+    # A task's own metrics beside these (`facts`: bits per fact and recall on all its facts).
+    extra = task.extra_metrics(model, tokenizer) if hasattr(task, "extra_metrics") else {}
     return {
+        **extra,
         "accuracy_greedy": mean(task.correct(greedy.texts, answers)),
         "accuracy_sampled": mean(correct_sampled),
         "gold_score_greedy": mean(task.score(prompts, greedy.texts, answers)),

@@ -464,9 +464,9 @@ def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: Sk
         )
         source = "builtin:pretrain"
     elif data.task is not None:
-        from align.tasks import get_task
+        from align.tasks import task_for
 
-        task = get_task(data.task)
+        task = task_for(data)
         n = data.num_train if split == "train" else data.num_eval
         produce = task.sft_rows if kind == "sft" else task.preference_rows
         rows = rows_from_task(produce(split, n, seed), f"{data.task}/{split}")

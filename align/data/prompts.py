@@ -83,10 +83,10 @@ def load_prompt_rows(cfg, split: str, skipped: SkipCounter | None = None) -> lis
     if path is None:
         if data.task is None:
             return []
-        from align.tasks import get_task
+        from align.tasks import task_for
 
         n = data.num_train if split == "train" else data.num_eval
-        return get_task(data.task).prompts(split, n, cfg.train.seed)
+        return task_for(data).prompts(split, n, cfg.train.seed)
     before = Counter(skipped.counts)
     if is_local_data(path, key):
         source = path

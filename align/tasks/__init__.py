@@ -1,13 +1,20 @@
 """Built-in offline tasks and the tiny base they ship with.
 
 What it does:
-- `get_task(name)` returns a task of the registry (`arithmetic`, `preference`). A task has
+- `get_task(name)` returns a task of the registry (`arithmetic`, `preference`, `facts`);
+  `task_for(data)` the task of a recipe's `data` section, with the settings it reads
+  (`data.num_facts` for `facts`). A task has
   `.name`, `.prompts(split, n, seed)` -> `[{"prompt", "answer"}]`, `.sft_rows(...)` ->
   `[{"prompt", "completion"}]`, `.preference_rows(...)` -> `[{"prompt", "chosen", "rejected"}]`,
   `.pretrain_corpus(n, seed)` -> `["Q: 23+45=? A: 68", ...]` (the one corpus of the shared world),
   `.score(prompts, completions, answers)` -> `list[float]` (exact correctness for `arithmetic`,
-  the gold score for `preference`) and `.correct(completions, answers)` -> `list[bool]`.
-  Completions never contain EOS: trainers append `tokenizer.eos_token_id`.
+  the gold score for `preference`, exact recall for `facts`) and `.correct(completions, answers)`
+  -> `list[bool]`. A task may add `.extra_metrics(model, tokenizer)` -> `dict[str, float]`,
+  which `align.evaluation.evaluate_task` reports beside its own (`facts`: bits per fact and
+  recall on all N facts). Completions never contain EOS: trainers append `tokenizer.eos_token_id`.
+- `facts` is memorisation (`align.tasks.facts`): N random key -> value facts; every split is the
+  same N facts (`n` of `sft_rows` is not used; `prompts` gives the first min(n, N));
+  `preference_rows` and `pretrain_corpus` raise (nothing meaningful to give).
 - `BUILTIN_BASES["builtin:tiny-arith"]` describes the shipped base: its config size, tokenizer,
   corpus and the pretraining schedule measured to learn the world on a 2-core CPU.
 
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from align.tasks import arithmetic, preference
+from align.tasks import arithmetic, facts, preference
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,57 @@ class PreferenceTask:
         return [preference.gold_score(p, c, a) for p, c, a in zip(prompts, completions, answers, strict=True)]
 
 
-TASKS = {"arithmetic": ArithmeticTask, "preference": PreferenceTask}
+@dataclass(frozen=True)
+class FactsTask:
+    """Memorisation of `num_facts` random key -> value facts: score = exact recall of the value."""
+
+    name: str = "facts"
+    num_facts: int = 1024
+    world: facts.FactsWorld = facts.WORLD
+
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        del split, seed  # every split is the same facts, in their fixed order
+        return facts.fact_prompts(self.num_facts, n, self.world)
+
+    def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        del split, n, seed  # the training set (and the evaluation set) is all num_facts facts
+        return facts.fact_rows(self.num_facts, self.world)
+
+    def preference_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        raise ValueError("task 'facts' has no preference pairs (memorisation is trained by SFT: a wrong value "
+                         "is no worse than another); use method sft, or task arithmetic / preference")
+
+    def pretrain_corpus(self, n: int, seed: int = 0) -> list[str]:
+        raise ValueError("task 'facts' has no pretraining corpus: the base is built on the arithmetic world")
+
+    def correct(self, completions: list[str], answers: list[str]) -> list[bool]:
+        return [facts.is_recalled(c, a) for c, a in zip(completions, answers, strict=True)]
+
+    def score(self, prompts: list[str], completions: list[str], answers: list[str]) -> list[float]:
+        del prompts
+        return [float(ok) for ok in self.correct(completions, answers)]
+
+    def extra_metrics(self, model, tokenizer) -> dict[str, float]:
+        """`bits_per_fact` (the training loss on all facts, in bits) and greedy `recall`."""
+        return facts.memorisation_metrics(model, tokenizer, self.num_facts, self.world)
+
+
+TASKS = {"arithmetic": ArithmeticTask, "preference": PreferenceTask, "facts": FactsTask}
 
 
 def get_task(name: str):
-    """The built-in task called `name` (one of `TASKS`)."""
+    """The built-in task called `name` (one of `TASKS`), with its default settings."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; built-in tasks are {sorted(TASKS)}")
     return TASKS[name]()
+
+
+def task_for(data):
+    """The built-in task of a recipe's `data` section (`DataSettings`), with the settings it
+    reads: `data.num_facts` for `facts`; the others have none."""
+    if data.task == "facts":
+        return FactsTask(num_facts=data.num_facts)
+    return get_task(data.task)
 
 
 @dataclass(frozen=True)

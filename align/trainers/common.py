@@ -210,11 +210,11 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
     result: dict[str, float] = {}
     if run.is_main or run.sharded:
         from align.evaluation import evaluate_task
-        from align.tasks import get_task
+        from align.tasks import task_for
 
         model = run.accelerator.unwrap_model(model)
         result = evaluate_task(
-            model, tokenizer, get_task(cfg.data.task), n=cfg.eval.num_prompts, split=split,
+            model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
             seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
         )
     run.accelerator.wait_for_everyone()
