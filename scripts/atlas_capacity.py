@@ -354,6 +354,9 @@ def report(runs_dir: Path | str, out_dir: Path | str, study: Study | None = None
     return text
 
 
+STUDIES["capacity"].report = report  # `python scripts/parity.py capacity` draws these outputs too
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="the smallest FullFT and rank-1 configurations, 1 LR, a few steps")

@@ -14,6 +14,7 @@ results/atlas/<study>/ (each ~10-25 min with --jobs 2 on 2 free cores):
     OMP_NUM_THREADS=1 python scripts/parity.py sft_targets    # 4: attention (rank matched) / mlp / all, SFT
     OMP_NUM_THREADS=1 python scripts/parity.py grpo_targets   # 4: the same on GRPO (runs in runs/parity_grpo)
     OMP_NUM_THREADS=1 python scripts/parity.py sft_rslora     # 6: best LR across ranks, alpha/r vs alpha/sqrt(r)
+    OMP_NUM_THREADS=1 python scripts/parity.py capacity       # 2: memorising N facts (scripts/atlas_capacity.py)
 
 The SFT studies share runs/atlas_sft, so a configuration two of them hold (e.g. sft's lora_r8 in
 sft_batch, sft_targets and sft_rslora) runs once; run `sft` first. Their metric is the held-out
@@ -72,6 +73,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,6 +110,8 @@ class Study:
     axis: tuple[str, dict[str, tuple[str, float]]] | None = None
     # With an axis: also plot each configuration's best LR against it (best_lr_vs_axis.png).
     axis_best_lr: bool = False
+    # A study's own outputs beside the generic ones: report(runs_dir, out_dir, study, seeds) -> text
+    report: Callable[..., str] | None = None
 
 
 def _lora(rank: int, lrs: list[float]) -> Configuration:
@@ -396,6 +400,12 @@ STUDIES: dict[str, Study] = {
                             **{f"lora_rs_r{r}": ("alpha / sqrt(r) (rslora)", r) for r in SFT_RANKS if r > 1}}),
     ),
 }
+
+# Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
+sys.path.insert(0, str(REPO / "scripts"))
+import atlas_capacity  # noqa: E402  (imports this module's Study and Configuration)
+
+STUDIES.update(atlas_capacity.STUDIES)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -739,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     write_plots(study, rows, out_dir, title)
     if study.axis:
         text += "\n" + write_axis(study, rows, out_dir, title)
+    if study.report:
+        text += "\n" + study.report(runs_dir, out_dir, Study(**{**vars(study), "configurations": configs}), seeds)
     print(text)
     for row in rows:
         if row["edge"]:
