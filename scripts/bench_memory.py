@@ -1,14 +1,14 @@
 """Peak memory and step time of PPO- and DPO-shaped steps, LoRA on one shared base against full
 fine-tuning, with and without activation checkpointing, at Qwen2.5-0.5B's shapes.
 
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py            # Qwen2.5-0.5B-shaped headline + extra rows (~15 min)
+    OMP_NUM_THREADS=1 python scripts/bench_memory.py            # Qwen2.5-0.5B-shaped headline + extra rows (40-50 min)
     OMP_NUM_THREADS=1 python scripts/bench_memory.py --quick    # a 6M config only (tests)
     OMP_NUM_THREADS=1 python scripts/bench_memory.py --world 2 --strategy fsdp   # memory per process (bench_memory_sharded.py)
 
 Headline: a random Qwen2 model with Qwen2.5-0.5B's widths (vocabulary 151,936, hidden 896,
 intermediate 4,864, 14 heads, 2 KV heads, tied embeddings) at 12 layers (the released model has
 24): 315 M parameters, 136 M of them the embedding. Batch 4 x 256 tokens, the last 128 response. Extra rows: a 110 M Llama
-(vocabulary 32,000) and the built-in base at 4 x 64 tokens (16 response), PPO-shaped, recipe defaults.
+(vocabulary 32,000) and the built-in base at 4 x 64 tokens (16 response), PPO-shaped, checkpointing off.
 
 Steps (each case runs TWO, so the second runs with Adam state allocated, as every step of a
 training run after the first does; the second one is timed):
