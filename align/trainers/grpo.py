@@ -168,7 +168,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                     (loss * run.world).backward()
                     # the step's loss is the sum of every share: x world here, then the mean over processes
                     sums["loss"] += float(loss.detach()) * run.world
-                    stats["update_entropy"] = (entropy_BT * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)
+                    stats["update_entropy"] = (entropy_BT.detach() * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)
                     # Token means of each micro-batch, weighted by its share of the minibatch's
                     # tokens over all processes (x world: the mean over processes follows), so
                     # they sum to the minibatch's token means whatever the world size.
