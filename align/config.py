@@ -66,7 +66,8 @@ class DataSettings:
 @dataclass
 class OptimizerSettings:
     lr: float = _f(1e-4, "Learning rate (the FullFT LR when lr_rule is on).")
-    lr_rule: bool = _f(False, "Apply the LoRA LR rule: LoRA LR = 10 x lr.")
+    lr_rule: bool = _f(False, "Apply the LoRA LR rule: LoRA LR = ratio x lr (lr is then the FullFT LR; see lr_rule_ratios).")
+    lr_rule_ratios: Literal["lwr", "measured"] = _f("lwr", "The rule's ratio. lwr: 10 (\"LoRA Without Regret\"); measured: the ratio of best LoRA to best FullFT LR this toolkit measured for the method on its built-in tasks (align.lora.MEASURED_LR_RATIOS: sft 3, reward 4.6, dpo 1.5, ppo 4.5, grpo 10; results/atlas/lr_rule.md).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     beta1: float = _f(0.9, "AdamW beta1.")
     beta2: float = _f(0.999, "AdamW beta2.")
@@ -229,7 +230,7 @@ class RecipeConfig:
 
         return {
             "learning_rate": effective_learning_rate(
-                self.optimizer.lr, self.mode == "lora", self.optimizer.lr_rule
+                self.optimizer.lr, self.mode == "lora", self.optimizer.lr_rule, self.method, self.optimizer.lr_rule_ratios
             ),
             "per_process_micro_batch": self.train.batch_size // (self.train.grad_accum * num_processes),
             "num_processes": num_processes,

@@ -227,7 +227,7 @@ class _Page:
 RL = ("ppo", "grpo")
 SETTINGS = [("method", "method", None), ("mode", "mode", None), ("model", "model", None), ("lora.rank", "lora rank", None),
             ("lora.targets", "lora targets", None), ("optimizer.lr", "optimizer.lr", None),
-            ("optimizer.lr_rule", "lr rule (LoRA LR = 10 x)", None), ("optimizer.schedule", "schedule", None),
+            ("optimizer.lr_rule", "lr rule (LoRA LR = ratio x)", None), ("optimizer.lr_rule_ratios", "lr rule ratios", None), ("optimizer.schedule", "schedule", None),
             ("train.steps", "steps", None), ("train.batch_size", "batch size", ("sft", "reward", "dpo")),
             ("train.seed", "seed", None), ("data.task", "task", None), ("data.train_file", "train file", None),
             ("rollout.reward", "reward", RL), ("rollout.gold_reward", "gold reward", RL), ("rollout.kl_coef", "kl coef", RL),

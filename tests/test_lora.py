@@ -62,3 +62,33 @@ def test_unknown_preset_and_lr_rule():
     assert effective_learning_rate(1e-4, lora_enabled=True, apply_rule=True) == pytest.approx(1e-3)
     assert effective_learning_rate(1e-4, lora_enabled=True, apply_rule=False) == pytest.approx(1e-4)
     assert effective_learning_rate(1e-4, lora_enabled=False, apply_rule=True) == pytest.approx(1e-4)
+    assert effective_learning_rate(1e-4, True, True, "dpo", "measured") == pytest.approx(1.5e-4)
+    assert effective_learning_rate(1e-4, True, True, "grpo", "measured") == pytest.approx(1e-3)
+    assert effective_learning_rate(1e-4, False, True, "dpo", "measured") == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_rule_ratios"):
+        effective_learning_rate(1e-4, True, True, "dpo", "sqrt")
+
+
+def test_measured_lr_ratios_are_the_atlas_measurements(repo):
+    """MEASURED_LR_RATIOS are the per-method ratios in results/atlas/lr_rule.csv (written by
+    scripts/atlas.py from the parity studies), to 2 significant digits: re-measuring a study and
+    forgetting the table here fails."""
+    import csv
+
+    from align.lora import MEASURED_LR_RATIOS
+
+    names = {"sft": "sft", "reward model": "reward", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}
+    measured = {names[r["method"]]: float(r["measured_ratio"]) for r in csv.DictReader(open(repo / "results/atlas/lr_rule.csv"))
+                if r["method"] in names}
+    assert set(measured) == set(MEASURED_LR_RATIOS)
+    for method, ratio in measured.items():
+        assert MEASURED_LR_RATIOS[method] == float(f"{ratio:.2g}"), method
+
+
+def test_recipe_with_measured_lr_rule(repo):
+    from align.config import load_recipe
+
+    cfg = load_recipe(repo / "recipes/dpo_lora.yaml", ["optimizer.lr_rule=true", "optimizer.lr_rule_ratios=measured", "optimizer.lr=2e-4"])
+    assert cfg.derived()["learning_rate"] == pytest.approx(3e-4)
+    with pytest.raises(Exception, match="lr_rule_ratios"):
+        load_recipe(repo / "recipes/dpo_lora.yaml", ["optimizer.lr_rule_ratios=ten"])

@@ -25,6 +25,7 @@ import torch
 from align.config import RecipeConfig, save_resolved
 from align.data.batching import chunks as _chunks
 from align.data.batching import shard as _shard
+from align.lora import lr_rule_ratio
 from align.preflight import preflight
 from align.tracking import Tracker, new_run_dir
 
@@ -314,6 +315,7 @@ def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total
         "lora_targets": cfg.lora.targets if cfg.mode == "lora" else None,
         "learning_rate": run.derived["learning_rate"],
         "lr_rule_applied": cfg.mode == "lora" and cfg.optimizer.lr_rule,
+        "lr_rule_ratio": lr_rule_ratio(cfg.method, cfg.optimizer.lr_rule_ratios) if cfg.mode == "lora" and cfg.optimizer.lr_rule else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "steps": cfg.train.steps,

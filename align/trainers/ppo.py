@@ -193,7 +193,8 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     params = policy_params + value_params
     named_params = _named_trainable(base)
     policy_lr = run.derived["learning_rate"]
-    value_lr = policy_lr if ppo.value_lr is None else effective_learning_rate(ppo.value_lr, cfg.mode == "lora", cfg.optimizer.lr_rule)
+    value_lr = policy_lr if ppo.value_lr is None else effective_learning_rate(ppo.value_lr, cfg.mode == "lora", cfg.optimizer.lr_rule,
+                                                                                 cfg.method, cfg.optimizer.lr_rule_ratios)
     shard_if_asked(run, base.model, base.all_adapter_parameters())
     optimizer = make_optimizer([{"params": policy_params, "lr": policy_lr, "name": "policy"},
                                 {"params": value_params, "lr": value_lr, "name": "value"}], cfg, policy_lr)

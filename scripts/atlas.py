@@ -1,0 +1,134 @@
+"""The LR rule, measured (issue 13, finding 6): LoRA's best LR over FullFT's in every parity study,
+and the regret of picking LoRA's LR by a rule instead of by a grid.
+
+    OMP_NUM_THREADS=1 python scripts/atlas.py       # after the studies (reads their study.json)
+
+For each study that has a FullFT row and LoRA rows on an LR grid (`scripts/parity.py ppo | grpo |
+dpo | rm | sft | sft_rslora`), from the per-LR seed means its study.json holds:
+    ratio       LoRA's best LR / FullFT's best LR, per rank
+    rule 10x    `optimizer.lr_rule: true` ("LoRA Without Regret"): LoRA LR = 10 x FullFT's best LR;
+                regret = metric at LoRA's best LR - metric at the rule's LR (the loss way round for
+                a lower-is-better metric), so 0 means the rule found the grid's best and a positive
+                regret is what following the rule costs
+    rule measured  LoRA LR = (the method's measured ratio) x FullFT's best LR, the ratio being the
+                geometric mean over that method's ranks, snapped to the grid: IN-SAMPLE (the ratio
+                comes from the same runs its regret is measured on), so its regret is a lower bound
+A rule LR that is not a point of the grid is marked "off grid" and has no regret. Writes
+results/atlas/lr_rule.md and lr_rule.csv and prints the table. A study not run yet is left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "results" / "atlas"
+# method -> (study folder, scaling label); the studies whose rows give the ratio
+STUDIES = {
+    "sft": ("results/atlas/sft", "1/r"),
+    "sft (1/sqrt r)": ("results/atlas/sft_rslora", "1/sqrt(r)"),
+    "reward model": ("results/parity_rm", "1/r"),
+    "dpo": ("results/parity_dpo", "1/r"),
+    "ppo": ("results/parity_ppo", "1/r"),
+    "grpo": ("results/parity_grpo", "1/r"),
+}
+LWR_RATIO = 10.0
+
+
+def load(folder: str) -> dict | None:
+    path = REPO / folder / "study.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def by_lr(row: dict) -> dict[float, float]:
+    return {float(lr): mean_std[0] for lr, mean_std in row["by_lr"].items()}
+
+
+def at(grid: dict[float, float], lr: float) -> float | None:
+    """The seed-mean metric at `lr` if it is a grid point (to 1%), else None."""
+    for point, value in grid.items():
+        if abs(point / lr - 1) < 0.01:
+            return value
+    return None
+
+
+def snap(grid: dict[float, float], lr: float) -> float:
+    return min(grid, key=lambda point: abs(math.log(point / lr)))
+
+
+def rows_of(method: str, study: dict, full_study: dict | None) -> list[dict]:
+    sign = 1.0 if study.get("higher_is_better", True) else -1.0
+    full = next((r for r in (full_study or study)["rows"] if r["configuration"] == "full"), None)
+    if full is None:
+        return []
+    full_best = full["best_lr"]
+    lora = [r for r in study["rows"] if r["configuration"].startswith("lora_r") and r.get("by_lr")]
+    ratios = [r["best_lr"] / full_best for r in lora]
+    measured = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else float("nan")
+    out = []
+    for r in lora:
+        grid = by_lr(r)
+        best = max(grid.values(), key=lambda v: sign * v)
+        row = {"method": method, "configuration": r["configuration"], "metric": study["metric"],
+               "full_best_lr": full_best, "lora_best_lr": r["best_lr"], "ratio": r["best_lr"] / full_best,
+               "best": best, "edge": r.get("edge", ""), "measured_ratio": measured}
+        for name, ratio in (("lwr", LWR_RATIO), ("measured", measured)):
+            lr = full_best * ratio if name == "lwr" else snap(grid, full_best * ratio)
+            value = at(grid, lr)
+            row[f"{name}_lr"] = lr
+            row[f"{name}_value"] = value
+            row[f"{name}_regret"] = None if value is None else sign * (best - value) + 0.0  # + 0.0: no "-0.000"
+        out.append(row)
+    return out
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "off grid" if x is None else format(x, spec)
+
+
+def main() -> int:
+    rows: list[dict] = []
+    sft_full = load(STUDIES["sft"][0])
+    for method, (folder, _) in STUDIES.items():
+        study = load(folder)
+        if study is None:
+            print(f"{method}: {folder}/study.json not found (study not run yet), left out", file=sys.stderr)
+            continue
+        # the 1/sqrt(r) study has no FullFT row of its own: FullFT's best LR is the sft study's
+        rows += rows_of(method, study, sft_full if method == "sft (1/sqrt r)" else None)
+    if not rows:
+        print("no study found", file=sys.stderr)
+        return 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0])
+    with open(OUT / "lr_rule.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "# The LR rule, measured",
+        "",
+        "Regenerate: `OMP_NUM_THREADS=1 python scripts/atlas.py` (reads each study's study.json). Regret: the",
+        "seed-mean metric at LoRA's best grid LR minus at the rule's LR (for a loss: the other way round);",
+        "0 = the rule picked the grid's best. The measured rule is in-sample (its ratio comes from these runs).",
+        "",
+        "| method | LoRA | metric | FullFT best LR | LoRA best LR | ratio | 10x rule: LR, metric, regret | measured rule (ratio): LR, metric, regret |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['configuration']} | {r['metric']} | {r['full_best_lr']:.0e} | {r['lora_best_lr']:.1e}{' EDGE' if r['edge'] else ''} "
+            f"| {r['ratio']:.2g}x | {r['lwr_lr']:.0e}, {fmt(r['lwr_value'])}, {fmt(r['lwr_regret'])} "
+            f"| ({r['measured_ratio']:.2g}x) {r['measured_lr']:.0e}, {fmt(r['measured_value'])}, {fmt(r['measured_regret'])} |")
+    text = "\n".join(lines) + "\n"
+    (OUT / "lr_rule.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
