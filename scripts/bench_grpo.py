@@ -117,7 +117,7 @@ def run_ours(mode: str, model_name: str, warmup: int, steps: int, out_dir: str) 
 
     overrides = [
         f"mode={mode}", "model=scratch:test", f"output_dir={out_dir}/ours_{mode}", "tracking.wandb=false",
-        "eval.enabled=false", f"data.num_train={PROMPTS}", f"optimizer.lr={LR}", f"optimizer.max_grad_norm={MAX_GRAD_NORM}",
+        "eval.enabled=false", f"data.num_train={PROMPTS}", f"optimizer.lr={LR}", "optimizer.schedule=constant", f"optimizer.max_grad_norm={MAX_GRAD_NORM}",
         f"rollout.reward={REWARD}", f"rollout.max_new_tokens={COMPLETION_TOKENS}", "rollout.no_stop_penalty=null",
         "rollout.kl_coef=0.0", f"rollout.forward_batch_size={PROMPTS * GROUP}", f"grpo.prompts_per_iteration={PROMPTS}",
         f"grpo.group_size={GROUP}", f"grpo.minibatch_size={PROMPTS * GROUP}", "grpo.epochs=1", "grpo.loss_aggregation=grpo",

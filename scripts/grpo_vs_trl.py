@@ -48,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from as_measured import GRPO_BEFORE_ISSUE11_TUNING  # noqa: E402 (this folder)
 from trl_timing import step_timer  # noqa: E402 (this folder)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +61,8 @@ def recipe(lr: float, seed: int, steps: int, out_dir: str, smoke: bool):
     """The run's recipe: grpo_lora with the LR, seed and steps of this run (and --smoke's sizes)."""
     from align.config import load_recipe
 
-    return load_recipe(RECIPE, [f"optimizer.lr={lr}", f"train.seed={seed}", f"train.steps={steps}", "train.eval_every=0",
+    # the recipe as results/grpo_vs_trl was measured with (the shipped one has been tuned since)
+    return load_recipe(RECIPE, [*GRPO_BEFORE_ISSUE11_TUNING, f"optimizer.lr={lr}", f"train.seed={seed}", f"train.steps={steps}", "train.eval_every=0",
                                 "train.log_every=1", "tracking.wandb=false", f"output_dir={out_dir}"] + (SMOKE if smoke else []))
 
 

@@ -76,6 +76,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from as_measured import GRPO_BEFORE_ISSUE11_TUNING  # noqa: E402  (this folder)
 
 
 @dataclass
@@ -137,6 +139,7 @@ LORA_RM_LRS = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 GRPO_OVERRIDES = [
     "optimizer.lr_rule=false",  # every LR here is the LR actually used
     "train.steps=60", "train.eval_every=5", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
+    *GRPO_BEFORE_ISSUE11_TUNING,  # the recipe as the study was measured (it has been tuned since)
 ]
 GRPO_SMOKE_OVERRIDES = ["model=scratch:test", "train.steps=2", "train.eval_every=0", "grpo.prompts_per_iteration=4",
                         "grpo.group_size=4", "grpo.minibatch_size=8", "rollout.max_new_tokens=6", "data.num_train=64",
@@ -402,7 +405,6 @@ STUDIES: dict[str, Study] = {
 }
 
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
-sys.path.insert(0, str(REPO / "scripts"))
 import atlas_capacity  # noqa: E402  (imports this module's Study and Configuration)
 
 STUDIES.update(atlas_capacity.STUDIES)
