@@ -11,8 +11,9 @@ dpo | rm | sft | sft_rslora`), from the per-LR seed means its study.json holds:
                 a lower-is-better metric), so 0 means the rule found the grid's best and a positive
                 regret is what following the rule costs
     rule measured  LoRA LR = (the method's measured ratio) x FullFT's best LR, the ratio being the
-                geometric mean over that method's ranks, snapped to the grid: IN-SAMPLE (the ratio
-                comes from the same runs its regret is measured on), so its regret is a lower bound
+                geometric mean over that method's ranks (`measured_ratio`, what
+                align.lora.MEASURED_LR_RATIOS holds), snapped to the grid. Its regret is measured
+                out of sample: for each rank, with the ratio of the method's OTHER ranks only
 A rule LR that is not a point of the grid is marked "off grid" and has no regret. Writes
 results/atlas/lr_rule.md and lr_rule.csv and prints the table. A study not run yet is left out.
 """
@@ -70,13 +71,15 @@ def rows_of(method: str, study: dict, full_study: dict | None) -> list[dict]:
     ratios = [r["best_lr"] / full_best for r in lora]
     measured = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else float("nan")
     out = []
-    for r in lora:
+    for i, r in enumerate(lora):
         grid = by_lr(r)
+        others = ratios[:i] + ratios[i + 1:]  # leave this rank out: the rule must not see its own runs
+        held_out = math.exp(sum(math.log(x) for x in others) / len(others)) if others else float("nan")
         best = max(grid.values(), key=lambda v: sign * v)
         row = {"method": method, "configuration": r["configuration"], "metric": study["metric"],
                "full_best_lr": full_best, "lora_best_lr": r["best_lr"], "ratio": r["best_lr"] / full_best,
-               "best": best, "edge": r.get("edge", ""), "measured_ratio": measured}
-        for name, ratio in (("lwr", LWR_RATIO), ("measured", measured)):
+               "best": best, "edge": r.get("edge", ""), "measured_ratio": measured, "held_out_ratio": held_out}
+        for name, ratio in (("lwr", LWR_RATIO), ("measured", held_out)):
             lr = full_best * ratio if name == "lwr" else snap(grid, full_best * ratio)
             value = at(grid, lr)
             row[f"{name}_lr"] = lr
@@ -114,16 +117,18 @@ def main() -> int:
         "",
         "Regenerate: `OMP_NUM_THREADS=1 python scripts/atlas.py` (reads each study's study.json). Regret: the",
         "seed-mean metric at LoRA's best grid LR minus at the rule's LR (for a loss: the other way round);",
-        "0 = the rule picked the grid's best. The measured rule is in-sample (its ratio comes from these runs).",
+        "0 = the rule picked the grid's best. The measured rule's ratio is the method's geometric mean over ranks",
+        "(align.lora.MEASURED_LR_RATIOS); its regret is out of sample: each rank is scored with the ratio of the",
+        "method's other ranks (in brackets), snapped to the grid.",
         "",
-        "| method | LoRA | metric | FullFT best LR | LoRA best LR | ratio | 10x rule: LR, metric, regret | measured rule (ratio): LR, metric, regret |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | LoRA | metric | FullFT best LR | LoRA best LR | ratio | method's ratio | 10x rule: LR, metric, regret | measured rule (other ranks' ratio): LR, metric, regret |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['configuration']} | {r['metric']} | {r['full_best_lr']:.0e} | {r['lora_best_lr']:.1e}{' EDGE' if r['edge'] else ''} "
-            f"| {r['ratio']:.2g}x | {r['lwr_lr']:.0e}, {fmt(r['lwr_value'])}, {fmt(r['lwr_regret'])} "
-            f"| ({r['measured_ratio']:.2g}x) {r['measured_lr']:.0e}, {fmt(r['measured_value'])}, {fmt(r['measured_regret'])} |")
+            f"| {r['ratio']:.2g}x | {r['measured_ratio']:.2g}x | {r['lwr_lr']:.0e}, {fmt(r['lwr_value'])}, {fmt(r['lwr_regret'])} "
+            f"| ({r['held_out_ratio']:.2g}x) {r['measured_lr']:.0e}, {fmt(r['measured_value'])}, {fmt(r['measured_regret'])} |")
     text = "\n".join(lines) + "\n"
     (OUT / "lr_rule.md").write_text(text)
     print(text)
