@@ -355,6 +355,7 @@ def report(runs_dir: Path | str, out_dir: Path | str, study: Study | None = None
 
 
 STUDIES["capacity"].report = report  # `python scripts/parity.py capacity` draws these outputs too
+parity.STUDIES.update(STUDIES)  # registered whichever of the two modules was imported first
 
 
 def main(argv: list[str] | None = None) -> int:

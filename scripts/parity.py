@@ -407,7 +407,9 @@ STUDIES: dict[str, Study] = {
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
 import atlas_capacity  # noqa: E402  (imports this module's Study and Configuration)
 
-STUDIES.update(atlas_capacity.STUDIES)
+# empty while atlas_capacity is the module being imported (it imported this one): it then adds its
+# studies to STUDIES itself once they exist
+STUDIES.update(getattr(atlas_capacity, "STUDIES", {}))
 
 
 # ---- running ------------------------------------------------------------------------------------

@@ -27,22 +27,8 @@ import torch
 from align.config import ConfigError, load_recipe
 from align.tasks import FactsTask, get_task, task_for
 from align.tasks.facts import CONTENT_BITS, WORLD, FactsWorld, fact_prompts, fact_rows, facts, is_recalled, memorisation_metrics
-from align.tasks.tokenizer import build_tokenizer
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    from transformers import LlamaForCausalLM
-
-    from align.tasks.base_model import tiny_llama_config
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(len(tokenizer), "test")).eval()
+# the `tokenizer` and `tiny_model` fixtures (the built-in tokenizer, a random tiny Llama) are conftest's
 
 
 # ---------------------------------------------------------------- the facts

@@ -7,12 +7,9 @@ on `scratch:test`) with its table and plots."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 
 import pytest
@@ -165,19 +162,11 @@ def test_lower_is_better_picks_the_lowest_loss(parity, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ATLAS)
 def test_atlas_study_smoke(tmp_path, repo, method):
-    out, runs = tmp_path / "out", tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "scripts/parity.py", method, "--smoke", "--jobs", "1", "--runs-dir", str(runs), "--out", str(out)],
-        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(out / "table.csv")))
-    assert len(rows) == 1 and int(rows[0]["trainable_parameters"]) > 0
-    for name in ("table.md", "metric_vs_lr.png", "curves.png", "study.json"):
-        assert (out / name).stat().st_size > 0, name
-    (run,) = runs.glob("*/summary.json")
+    from tests.conftest import parity_smoke
+
+    rows, run, out = parity_smoke(repo, tmp_path, method)
     summary = json.loads(run.read_text())
-    assert run.parent.name.startswith(rows[0]["configuration"]) and summary["method"] == method.split("_")[0]
+    assert summary["method"] == method.split("_")[0]
     if method.endswith("_targets"):
         assert summary["lora_targets"] == "attention" and summary["lora_rank"] == 23
     if method == "sft_rslora":

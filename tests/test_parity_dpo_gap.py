@@ -4,10 +4,7 @@ study's smallest configuration (1 LR, 1 seed, 3 steps on `scratch:test`) with it
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import os
-import subprocess
 import sys
 
 import pytest
@@ -69,18 +66,9 @@ def test_gap_studies_are_well_formed(parity, repo):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", GAP)
 def test_gap_study_smoke(tmp_path, repo, method):
-    out, runs = tmp_path / "out", tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "scripts/parity.py", method, "--smoke", "--jobs", "1", "--runs-dir", str(runs), "--out", str(out)],
-        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(out / "table.csv")))
-    assert len(rows) == 1 and int(rows[0]["trainable_parameters"]) > 0
-    for name in ("table.md", "metric_vs_lr.png", "curves.png", "study.json"):
-        assert (out / name).stat().st_size > 0, name
-    (run,) = runs.glob("*/summary.json")
-    assert run.parent.name.startswith(rows[0]["configuration"])
+    from tests.conftest import parity_smoke
+
+    rows, run, out = parity_smoke(repo, tmp_path, method)
     if method == "dpo_gap_embed":
         assert '"lora_targets": "all+embeddings"' in run.read_text()
     if method != "dpo_gap_lr":  # the studies with an axis (rank, steps, batch size)

@@ -10,27 +10,16 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 from transformers import LlamaForCausalLM
 
 from align.evaluation import evaluate_task
 from align.rollout import generate
 from align.tasks.base_model import tiny_llama_config
-from align.tasks.tokenizer import build_tokenizer
 
 torch.set_num_threads(1)
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(len(tokenizer), "test")).eval()
+# the `tokenizer` and `tiny_model` fixtures (the built-in tokenizer, a random tiny Llama) are conftest's
 
 
 class ScriptedLM(torch.nn.Module):
