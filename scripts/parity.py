@@ -326,6 +326,7 @@ STUDIES: dict[str, Study] = {
         overrides=[
             "optimizer.lr_rule=false",  # every LR here is the LR actually used (policy and value)
             "train.steps=30",  # the budget the study was measured at (the recipe now runs 50)
+            "optimizer.schedule=constant",  # as the study was measured (the recipe now decays its LR)
             "train.eval_every=10", "eval.num_prompts=256", "tracking.wandb=false", "train.threads=1",
         ],
         configurations=_full_and_lora(FULL_PPO_LRS, LORA_PPO_LRS),

@@ -4,8 +4,9 @@ numbers of completions and at equal training time, and what each holds in memory
     OMP_NUM_THREADS=1 python scripts/ppo_vs_grpo.py                 # 3 seeds x 2 methods, ~12 min
     OMP_NUM_THREADS=1 python scripts/ppo_vs_grpo.py --seeds 0 --steps 10 --model scratch:test --out /tmp/x  # smoke
 
-Both recipes (`recipes/ppo_lora.yaml` as shipped, `recipes/grpo_lora.yaml` as it was before issue
-11's tuning, `as_measured.GRPO_BEFORE_ISSUE11_TUNING`: 128 completions per iteration each), run for the same number of iterations with an evaluation every 5 iterations on
+Both recipes as they were before issue 11's tuning (`recipes/ppo_lora.yaml` with a constant LR of
+3e-4, `recipes/grpo_lora.yaml` with 16 x 8, no KL, constant LR: `scripts/as_measured.py`; 128
+completions per iteration each), run for the same number of iterations with an evaluation every 5 iterations on
 the 256 held-out prompts, one process and one thread per run, one run at a time. Training time is
 the sum of `time/iteration` (evaluation excluded). Writes `results/ppo_vs_grpo/table.md` and
 `table.json`; run folders go to `runs/ppo_vs_grpo/` (a finished run is not run again).
@@ -24,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"ppo": "recipes/ppo_lora.yaml", "grpo": "recipes/grpo_lora.yaml"}
 sys.path.insert(0, str(REPO / "scripts"))
-from as_measured import GRPO_BEFORE_ISSUE11_TUNING  # noqa: E402  (this folder)
+from as_measured import GRPO_BEFORE_ISSUE11_TUNING, PPO_BEFORE_ISSUE11_TUNING  # noqa: E402  (this folder)
 
-# each recipe as results/ppo_vs_grpo was measured with (grpo_lora.yaml has been tuned since)
-AS_MEASURED = {"ppo": [], "grpo": GRPO_BEFORE_ISSUE11_TUNING}
+# each recipe as results/ppo_vs_grpo was measured with (both have been tuned since)
+AS_MEASURED = {"ppo": PPO_BEFORE_ISSUE11_TUNING, "grpo": GRPO_BEFORE_ISSUE11_TUNING}
 
 
 def launch(method: str, seed: int, steps: int, runs_dir: Path, extra: list[str]) -> Path:
