@@ -19,6 +19,9 @@ for recipe in ppo_lora sft_lora sft_full dpo_lora dpo_full rm_lora rm_full; do
   python scripts/spread.py "recipes/$recipe.yaml"
 done
 
+# GRPO's recipe over 3 seeds on this machine's kernels (the README's GRPO row).
+python scripts/spread.py recipes/grpo_lora.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+
 # PPO against the learned reward model (the recipe reads runs/rm_lora).
 rm -rf runs/rm_lora runs/rm_full
 python -m align.cli train recipes/rm_lora.yaml output_dir=runs/rm_lora > /dev/null
