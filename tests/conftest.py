@@ -25,6 +25,19 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="module")
+def parity():
+    """scripts/parity.py imported as the module `parity` (the study definitions and helpers)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["parity"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
 def tokenizer():
     """The built-in task's tokenizer."""
     from align.tasks.tokenizer import build_tokenizer

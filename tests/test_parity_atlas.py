@@ -7,25 +7,14 @@ on `scratch:test`) with its table and plots."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
 ATLAS = ("sft", "sft_batch", "sft_targets", "grpo_targets", "sft_rslora")
 
-
-@pytest.fixture(scope="module")
-def parity():
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parity"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+# the `parity` fixture (scripts/parity.py as a module) is conftest's
 
 
 def _span_ok(lrs: list[float], points: int, span: float) -> bool:

@@ -4,23 +4,12 @@ study's smallest configuration (1 LR, 1 seed, 3 steps on `scratch:test`) with it
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
 GAP = ("dpo_gap_embed", "dpo_gap_lr", "dpo_gap_steps", "dpo_gap_batch")
 
-
-@pytest.fixture(scope="module")
-def parity():
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parity"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+# the `parity` fixture (scripts/parity.py as a module) is conftest's
 
 
 def test_lr_tags_keep_grid_points_apart(parity):
