@@ -32,7 +32,7 @@ Runtime: ~55-70 ms a step and ~10 s a run outside training on one thread: 40 run
 about 32-40 minutes (printed before the study starts).
 
 Outputs (results/atlas/capacity/; run folders in runs/atlas_capacity/, gitignored), beside the
-generic table.md / study.json that `scripts/parity.py capacity` writes there once registered:
+generic table.md / study.json that `scripts/parity.py capacity` writes there:
     capacity.md     bits/fact (and recall) per configuration and N at the best LR of each, and where
                     each LoRA rank departs from FullFT, in facts and in bits per trainable parameter
     capacity.png    bits/fact against N (log x) and against bits per trainable parameter, and the
@@ -45,10 +45,10 @@ is larger). One bit per fact means LoRA gives each fact's whole 12-digit value a
 probability FullFT gives it; it is 2.5% of a fact's content and 20x FullFT's own residual on the
 sizes it memorises (0.05 bits/fact), so it is not rounding or LR-grid noise.
 
-Registering in scripts/parity.py: `import atlas_capacity; STUDIES.update(atlas_capacity.STUDIES)`
-(after STUDIES is defined; scripts/ must be on sys.path). Study "capacity" then runs with
-`python scripts/parity.py capacity` (its generic table picks each configuration's best LR by the
-lowest bits/fact); `report(runs_dir, out_dir)` draws this file's plot and table.
+The study is registered in scripts/parity.py's STUDIES, so `python scripts/parity.py capacity` runs
+it (this script's `main` is that command, one run at a time): its generic table picks each
+configuration's best LR by the lowest bits/fact, and `report` (the study's `report` hook, built on
+`parity.collect`) draws this file's plot and table.
 """
 
 from __future__ import annotations
@@ -58,9 +58,7 @@ import csv
 import importlib
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,34 +162,23 @@ def _bits_curve(run_dir: Path) -> dict[int, float]:
 
 
 def collect(study: Study, runs_dir: Path, seeds: list[int]) -> list[dict]:
-    """One row per configuration with a finished run: its best LR (lowest seed-mean bits/fact),
-    bits/fact and recall there (mean and std over seeds), trainable parameters, and every LR's
-    seed mean; a configuration whose runs are all missing is left out."""
+    """parity.collect's rows (best LR by the lowest seed-mean bits/fact, never a diverged one; EDGE;
+    every LR's seed mean), with what the capacity table and plot add: series and N, recall, content
+    bits per trainable parameter, the run's steps and its training-loss curves in bits per fact. A
+    configuration whose runs are all missing is left out."""
+    configs = {c.name: c for c in study.configurations}
     rows = []
-    for config in study.configurations:
-        series, n = POINTS[config.name]
-        by_lr = {}
-        for lr in config.lrs:
-            summaries = [json.loads(p.read_text()) for seed in seeds
-                         if (p := runs_dir / parity.run_name(config, lr, seed) / "summary.json").exists()]
-            if summaries:
-                by_lr[lr] = summaries
-        if not by_lr:
-            continue
-        mean_bits = {lr: statistics.fmean(s["eval_after"]["bits_per_fact"] for s in ss) for lr, ss in by_lr.items()}
-        best_lr = min(mean_bits, key=lambda lr: mean_bits[lr] if math.isfinite(mean_bits[lr]) else math.inf)  # NaN: diverged
-        best = by_lr[best_lr]
-        bits = [s["eval_after"]["bits_per_fact"] for s in best]
-        recall = [s["eval_after"]["recall"] for s in best]
-        trainable = best[0]["trainable_parameters"]
+    for r in parity.collect(study, study.configurations, seeds, runs_dir):
+        config, (series, n) = configs[r["configuration"]], POINTS[r["configuration"]]
+        runs = [runs_dir / parity.run_name(config, r["best_lr"], seed) for seed in seeds]
+        steps = next(json.loads((d / "summary.json").read_text())["steps"] for d in runs if (d / "summary.json").exists())
         rows.append({
-            "configuration": config.name, "series": series, "facts": n, "best_lr": best_lr,
-            "edge": len(config.lrs) > 1 and best_lr in (config.lrs[0], config.lrs[-1]),
-            "bits_per_fact": statistics.fmean(bits), "bits_std": statistics.stdev(bits) if len(bits) > 1 else 0.0,
-            "recall": statistics.fmean(recall), "seeds": len(best), "trainable_parameters": trainable,
-            "content_bits_per_parameter": n * FACTS_WORLD.content_bits / trainable,
-            "steps": best[0]["steps"], "by_lr": mean_bits,
-            "curves": [_bits_curve(runs_dir / parity.run_name(config, best_lr, seed)) for seed in seeds],
+            "configuration": r["configuration"], "series": series, "facts": n, "best_lr": r["best_lr"],
+            "edge": bool(r["edge"]), "bits_per_fact": r["metric_mean"], "bits_std": r["metric_std"],
+            "recall": r["recall_mean"], "seeds": r["seeds"], "trainable_parameters": r["trainable_parameters"],
+            "content_bits_per_parameter": n * FACTS_WORLD.content_bits / r["trainable_parameters"],
+            "steps": steps, "by_lr": {lr: mean for lr, (mean, _) in r["by_lr"].items()},
+            "curves": [_bits_curve(d) for d in runs],
         })
     return rows
 
@@ -344,13 +331,14 @@ def report(runs_dir: Path | str, out_dir: Path | str, study: Study | None = None
     if not rows:
         raise SystemExit(f"no finished capacity runs in {runs_dir}")
     deps = departures(rows)
-    text = write_table(rows, deps, out_dir, title, list(notes))
+    notes = [*notes, f"Per configuration `data.num_facts=N` and `train.steps=max({MIN_STEPS}, {EPOCHS} epochs)` at batch {BATCH}."]
+    text = write_table(rows, deps, out_dir, title, notes)
     write_plot(rows, deps, out_dir, title)
     clean = [{**{k: v for k, v in r.items() if k not in ("by_lr", "curves")}, "by_lr": {f"{lr:g}": b for lr, b in r["by_lr"].items()}}
              for r in rows]
     (out_dir / "capacity.json").write_text(json.dumps(
         {"title": title, "runs_dir": str(runs_dir), "content_bits_per_fact": FACTS_WORLD.content_bits,
-         "departure_bits_per_fact": DEPARTURE_BITS, "notes": list(notes), "rows": clean, "departures": deps}, indent=1) + "\n")
+         "departure_bits_per_fact": DEPARTURE_BITS, "notes": notes, "rows": clean, "departures": deps}, indent=1) + "\n")
     return text
 
 
@@ -359,6 +347,8 @@ parity.STUDIES.update(STUDIES)  # registered whichever of the two modules was im
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python scripts/parity.py capacity` with this script's default of one run at a time, after
+    printing the full study's estimated run time."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="the smallest FullFT and rank-1 configurations, 1 LR, a few steps")
     parser.add_argument("--report-only", action="store_true", help="only redraw the outputs from finished runs")
@@ -366,37 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default: results/atlas/capacity[_smoke]")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     args = parser.parse_args(argv)
-
     study = STUDIES["capacity"]
-    suffix = "_smoke" if args.smoke else ""
-    runs_dir = Path(args.runs_dir or REPO / (study.runs_dir + suffix)).resolve()
-    out_dir = Path(args.out or REPO / (study.out_dir + suffix)).resolve()
-    configs, seeds, tail = study.configurations, study.seeds, []
-    if args.smoke:
-        keep = set(study.smoke_configurations)
-        configs = [Configuration(c.name, c.overrides, [c.lrs[i] for i in study.smoke_lr_indices]) for c in configs if c.name in keep]
-        seeds, tail = seeds[:1], list(study.smoke_overrides)
-    study = Study(**{**vars(study), "configurations": configs})
-    jobs = [(c, lr, s) for c in configs for lr in c.lrs for s in seeds]
-    if not args.report_only:
-        runs, steps, low, high = estimate(study, seeds, tail)
-        print(f"capacity: {runs} runs, {steps:,} optimizer steps, about {low:.0f}-{high:.0f} min one run at a time "
-              f"-> {runs_dir}", flush=True)
-        t0 = time.time()
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: parity.launch(study, *job, runs_dir, [], out_dir.name, False, tail), jobs))
-        print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    missing = sum(1 for c, lr, s in jobs if not (runs_dir / parity.run_name(c, lr, s) / "summary.json").exists())
-    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + tail)}`; per configuration `data.num_facts=N`, "
-             f"`train.steps=max({MIN_STEPS}, {EPOCHS} epochs)` at batch {BATCH}; seeds {seeds}.",
-             "Command: `OMP_NUM_THREADS=1 python scripts/atlas_capacity.py" + (" --smoke" if args.smoke else "") + "`."]
-    print(report(runs_dir, out_dir, study, seeds, notes=notes))
-    if missing:
-        print(f"WARNING: {missing} of {len(jobs)} runs failed or are missing", file=sys.stderr)
-    print(f"wrote {out_dir / 'capacity.md'}, capacity.csv, capacity.json, capacity.png")
-    return 1 if missing else 0
+    if not (args.smoke or args.report_only):
+        runs, steps, low, high = estimate(study, study.seeds)
+        print(f"capacity: {runs} runs, {steps:,} optimizer steps, about {low:.0f}-{high:.0f} min one run at a time", flush=True)
+    flags = [flag for flag, on in (("--smoke", args.smoke), ("--report-only", args.report_only)) if on]
+    flags += [item for key, value in (("--runs-dir", args.runs_dir), ("--out", args.out)) if value for item in (key, value)]
+    return parity.main(["capacity", *flags, "--jobs", str(args.jobs)])
 
 
 if __name__ == "__main__":

@@ -755,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     if study.axis:
         text += "\n" + write_axis(study, rows, out_dir, title)
     if study.report:
-        text += "\n" + study.report(runs_dir, out_dir, Study(**{**vars(study), "configurations": configs}), seeds)
+        text += "\n" + study.report(runs_dir, out_dir, Study(**{**vars(study), "configurations": configs}), seeds, notes=notes)
     print(text)
     for row in rows:
         if row["edge"]:
