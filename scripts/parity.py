@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -278,6 +279,19 @@ def _sft_study(configurations: list[Configuration], smoke_configurations: list[s
                  smoke_lr_indices=(0,), runs_dir="runs/atlas_sft", **kwargs)
 
 
+# GRPO (critic-free) on the arithmetic task with the verifiable reward (recipes/grpo_lora.yaml):
+# the policy is an adapter of the given rank (full: a full copy); the claim under test is that
+# RL is ~1 bit per episode, so rank 1 matches FullFT. Eval every 5 iterations for the curves.
+_GRPO = Study(
+    recipe="recipes/grpo_lora.yaml",
+    overrides=list(GRPO_OVERRIDES),
+    configurations=_full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS),
+    metric="accuracy_sampled",
+    metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
+    secondary=["accuracy_greedy", "mean_response_length"],
+    smoke_overrides=list(GRPO_SMOKE_OVERRIDES),
+)
+
 _SFT = {c.name: c for c in [Configuration("full", ["mode=full"], FULL_SFT_LRS), *(_lora(r, LORA_SFT_LRS) for r in SFT_RANKS)]}
 
 STUDIES: dict[str, Study] = {
@@ -337,18 +351,7 @@ STUDIES: dict[str, Study] = {
                          "ppo.minibatch_size=4", "rollout.max_new_tokens=6", "data.num_train=64", "eval.num_prompts=8",
                          "eval.max_new_tokens=4"],
     ),
-    # GRPO (critic-free) on the arithmetic task with the verifiable reward (recipes/grpo_lora.yaml):
-    # the policy is an adapter of the given rank (full: a full copy); the claim under test is that
-    # RL is ~1 bit per episode, so rank 1 matches FullFT. Eval every 5 iterations for the curves.
-    "grpo": Study(
-        recipe="recipes/grpo_lora.yaml",
-        overrides=list(GRPO_OVERRIDES),
-        configurations=_full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS),
-        metric="accuracy_sampled",
-        metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
-        secondary=["accuracy_greedy", "mean_response_length"],
-        smoke_overrides=list(GRPO_SMOKE_OVERRIDES),
-    ),
+    "grpo": _GRPO,  # GRPO's parity study (above)
     # Reward model on the built-in preference task (recipes/rm_lora.yaml, Bradley-Terry, the
     # last_token+logprob head): the metric is pairwise accuracy on held-out pairs.
     "rm": Study(
@@ -384,12 +387,9 @@ STUDIES: dict[str, Study] = {
         ["lora_attention_r23"], out_dir="results/atlas/targets_sft",
     ),
     # Finding 4 on RL (GRPO): the same three placements; full and lora_r8 are the grpo study's runs.
-    "grpo_targets": Study(
-        recipe="recipes/grpo_lora.yaml", overrides=list(GRPO_OVERRIDES),
-        configurations=[*(c for c in _full_and_lora(FULL_GRPO_LRS, LORA_GRPO_LRS) if c.name in ("full", "lora_r8")),
-                        _targets("attention", ATTENTION_MATCHED_RANK, TARGETS_GRPO_LRS), _targets("mlp", 8, TARGETS_GRPO_LRS)],
-        metric="accuracy_sampled", metric_label="accuracy of sampled answers (held-out prompts, temperature 1)",
-        secondary=["accuracy_greedy", "mean_response_length"], smoke_overrides=list(GRPO_SMOKE_OVERRIDES),
+    "grpo_targets": dataclasses.replace(  # the grpo study's setup and run folder, other configurations
+        _GRPO, configurations=[*(c for c in _GRPO.configurations if c.name in ("full", "lora_r8")),
+                               _targets("attention", ATTENTION_MATCHED_RANK, TARGETS_GRPO_LRS), _targets("mlp", 8, TARGETS_GRPO_LRS)],
         smoke_configurations=["lora_attention_r23"], smoke_lr_indices=(0,),
         runs_dir="runs/parity_grpo", out_dir="results/atlas/targets_grpo",
     ),
