@@ -28,14 +28,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "results" / "atlas"
-# method -> (study folder, scaling label); the studies whose rows give the ratio
+# method -> (study folder, the configuration-name prefix of its LoRA rows); the studies whose rows
+# give the ratio. sft_rslora also holds the sft study's 1/r rows (lora_r*): only its lora_rs_r* rows
+# are the 1/sqrt(r) ones (rank 1, the same run under both scalings, is the sft study's row)
 STUDIES = {
-    "sft": ("results/atlas/sft", "1/r"),
-    "sft (1/sqrt r)": ("results/atlas/sft_rslora", "1/sqrt(r)"),
-    "reward model": ("results/parity_rm", "1/r"),
-    "dpo": ("results/parity_dpo", "1/r"),
-    "ppo": ("results/parity_ppo", "1/r"),
-    "grpo": ("results/parity_grpo", "1/r"),
+    "sft": ("results/atlas/sft", "lora_r"),
+    "sft (1/sqrt r)": ("results/atlas/sft_rslora", "lora_rs_r"),
+    "reward model": ("results/parity_rm", "lora_r"),
+    "dpo": ("results/parity_dpo", "lora_r"),
+    "ppo": ("results/parity_ppo", "lora_r"),
+    "grpo": ("results/parity_grpo", "lora_r"),
 }
 LWR_RATIO = 10.0
 
@@ -57,25 +59,28 @@ def at(grid: dict[float, float], lr: float) -> float | None:
     return None
 
 
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in values) / len(values)) if values else float("nan")
+
+
 def snap(grid: dict[float, float], lr: float) -> float:
     return min(grid, key=lambda point: abs(math.log(point / lr)))
 
 
-def rows_of(method: str, study: dict, full_study: dict | None) -> list[dict]:
+def rows_of(method: str, study: dict, full_study: dict | None, prefix: str = "lora_r") -> list[dict]:
     sign = 1.0 if study.get("higher_is_better", True) else -1.0
     full = next((r for r in (full_study or study)["rows"] if r["configuration"] == "full"), None)
     if full is None:
         return []
     full_best = full["best_lr"]
-    lora = [r for r in study["rows"] if r["configuration"].startswith("lora_r") and r.get("by_lr")]
+    lora = [r for r in study["rows"] if r["configuration"].startswith(prefix) and r.get("by_lr")]
     ratios = [r["best_lr"] / full_best for r in lora]
-    measured = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else float("nan")
+    measured = geomean(ratios)
     out = []
     for i, r in enumerate(lora):
         grid = by_lr(r)
-        others = ratios[:i] + ratios[i + 1:]  # leave this rank out: the rule must not see its own runs
-        held_out = math.exp(sum(math.log(x) for x in others) / len(others)) if others else float("nan")
-        best = max(grid.values(), key=lambda v: sign * v)
+        held_out = geomean(ratios[:i] + ratios[i + 1:])  # leave this rank out: the rule must not see its own runs
+        best = r["metric_mean"]  # the seed mean at the best LR (parity.best_lr picked it)
         row = {"method": method, "configuration": r["configuration"], "metric": study["metric"],
                "full_best_lr": full_best, "lora_best_lr": r["best_lr"], "ratio": r["best_lr"] / full_best,
                "best": best, "edge": r.get("edge", ""), "measured_ratio": measured, "held_out_ratio": held_out}
@@ -96,13 +101,13 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
 def main() -> int:
     rows: list[dict] = []
     sft_full = load(STUDIES["sft"][0])
-    for method, (folder, _) in STUDIES.items():
+    for method, (folder, prefix) in STUDIES.items():
         study = load(folder)
         if study is None:
             print(f"{method}: {folder}/study.json not found (study not run yet), left out", file=sys.stderr)
             continue
         # the 1/sqrt(r) study has no FullFT row of its own: FullFT's best LR is the sft study's
-        rows += rows_of(method, study, sft_full if method == "sft (1/sqrt r)" else None)
+        rows += rows_of(method, study, sft_full if method == "sft (1/sqrt r)" else None, prefix)
     if not rows:
         print("no study found", file=sys.stderr)
         return 1
