@@ -135,16 +135,18 @@ def peft_lora_config(model: nn.Module, lora):
     )
 
 
-def lr_rule_ratio(method: str, ratios: str = "lwr") -> float:
+def lr_rule_ratio(method: str | None, ratios: str = "lwr") -> float:
     """The rule's LoRA/FullFT LR multiplier: 10 ("lwr"), or the one measured for `method` ("measured")."""
     if ratios == "lwr":
         return LORA_LR_MULTIPLIER
     if ratios == "measured":
+        if method not in MEASURED_LR_RATIOS:
+            raise ValueError(f"no measured LR ratio for method {method!r}; measured: {sorted(MEASURED_LR_RATIOS)}")
         return MEASURED_LR_RATIOS[method]
     raise ValueError(f"optimizer.lr_rule_ratios must be 'lwr' or 'measured', got {ratios!r}")
 
 
-def effective_learning_rate(base_lr: float, lora_enabled: bool, apply_rule: bool, method: str = "sft",
+def effective_learning_rate(base_lr: float, lora_enabled: bool, apply_rule: bool, method: str | None = None,
                             ratios: str = "lwr") -> float:
     """The LR actually used: `base_lr` is the FullFT LR when the rule is on (LoRA gets lr_rule_ratio x)."""
     if lora_enabled and apply_rule:

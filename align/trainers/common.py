@@ -307,6 +307,7 @@ def peak_memory_bytes() -> int:
 
 def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total: int, extra: dict | None = None) -> dict:
     cfg = run.cfg
+    rule_applied = cfg.mode == "lora" and cfg.optimizer.lr_rule
     return {
         "method": cfg.method,
         "mode": cfg.mode,
@@ -314,8 +315,8 @@ def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total
         "lora_rank": cfg.lora.rank if cfg.mode == "lora" else None,
         "lora_targets": cfg.lora.targets if cfg.mode == "lora" else None,
         "learning_rate": run.derived["learning_rate"],
-        "lr_rule_applied": cfg.mode == "lora" and cfg.optimizer.lr_rule,
-        "lr_rule_ratio": lr_rule_ratio(cfg.method, cfg.optimizer.lr_rule_ratios) if cfg.mode == "lora" and cfg.optimizer.lr_rule else None,
+        "lr_rule_applied": rule_applied,
+        "lr_rule_ratio": lr_rule_ratio(cfg.method, cfg.optimizer.lr_rule_ratios) if rule_applied else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "steps": cfg.train.steps,
