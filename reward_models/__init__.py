@@ -15,6 +15,7 @@ from reward_models.base import (
     register_reward,
     reward_needs_answer,
 )
+from reward_models.instructions import InstructionFollowing
 from reward_models.learned import LearnedReward, load_learned_reward
 from reward_models.verifiable import (
     ArithmeticCorrectness,
@@ -27,6 +28,7 @@ from reward_models.verifiable import (
 __all__ = [
     "REWARD_REGISTRY",
     "ArithmeticCorrectness",
+    "InstructionFollowing",
     "FormatReward",
     "GoldPreferenceRule",
     "LearnedReward",

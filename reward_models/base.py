@@ -66,7 +66,7 @@ def reward_needs_answer(reward: Any) -> bool:
 REWARD_REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
 
 # Modules that register rewards when imported; tried in order when a name is not registered yet.
-_PROVIDERS = ("reward_models.verifiable", "reward_models.learned")
+_PROVIDERS = ("reward_models.verifiable", "reward_models.instructions", "reward_models.learned")
 
 
 def register_reward(name: str):

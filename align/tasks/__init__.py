@@ -25,9 +25,10 @@ Run: `python -c "from align.tasks import get_task; t = get_task('preference'); p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from align.tasks import arithmetic, facts, preference
+from align.tasks import arithmetic, chat_arithmetic, facts, instructions, onpolicy_pairs, preference
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,77 @@ class FactsTask:
         return facts.memorisation_metrics(model, tokenizer, self.num_facts, self.world)
 
 
-TASKS = {"arithmetic": ArithmeticTask, "preference": PreferenceTask, "facts": FactsTask}
+@dataclass(frozen=True)
+class ChatArithmeticTask:
+    """Word problems for a real chat model (`align.tasks.chat_arithmetic`): reward = the last
+    integer of the answer is the problem's answer. Prompts are user turns (`chat = True`)."""
+
+    name: str = "chat_arithmetic"
+    chat: bool = True
+
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        return chat_arithmetic.chat_arithmetic_prompts(split, n, seed)
+
+    def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        return chat_arithmetic.chat_sft_rows(split, n, seed)
+
+    def preference_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        raise ValueError("task 'chat_arithmetic' has no fixed preference pairs: they are sampled from the model "
+                         "(align.tasks.onpolicy_pairs); use data.task: chat_arithmetic_pairs")
+
+    def pretrain_corpus(self, n: int, seed: int = 0) -> list[str]:
+        raise ValueError("task 'chat_arithmetic' has no pretraining corpus (it is for a pretrained chat model)")
+
+    def correct(self, completions: list[str], answers: list[int]) -> list[bool]:
+        return [arithmetic.is_correct(c, a) for c, a in zip(completions, answers, strict=True)]
+
+    def score(self, prompts: list[str], completions: list[str], answers: list[int]) -> list[float]:
+        del prompts
+        return [float(ok) for ok in self.correct(completions, answers)]
+
+
+@dataclass(frozen=True)
+class OnPolicyPairsTask:
+    """A chat task's prompts and verifier, with preference pairs sampled from the base and ranked
+    by that verifier (`align.tasks.onpolicy_pairs`; built once by `align build-pairs NAME`)."""
+
+    name: str
+    chat: bool = True
+
+    @property
+    def source(self):
+        return TASKS[onpolicy_pairs.PAIR_SOURCES[self.name].task]()
+
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        return self.source.prompts(split, n, seed)
+
+    def sft_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        # The chosen answers: the base's own best samples (rejection-sampling SFT).
+        return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in self.preference_rows(split, n, seed)]
+
+    def preference_rows(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        del seed  # the pairs are fixed when they are built; every run reads the same ones
+        rows = onpolicy_pairs.read_pairs(self.name, split)
+        return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows[:n]]
+
+    def pretrain_corpus(self, n: int, seed: int = 0) -> list[str]:
+        raise ValueError(f"task {self.name!r} has no pretraining corpus")
+
+    def correct(self, completions: list[str], answers) -> list[bool]:
+        return self.source.correct(completions, answers)
+
+    def score(self, prompts: list[str], completions: list[str], answers) -> list[float]:
+        return self.source.score(prompts, completions, answers)
+
+
+TASKS = {"arithmetic": ArithmeticTask, "preference": PreferenceTask, "facts": FactsTask,
+         "chat_arithmetic": ChatArithmeticTask, "instructions": instructions.InstructionsTask}
+
+
+
+for _pairs_name in onpolicy_pairs.PAIR_SOURCES:
+    TASKS[_pairs_name] = functools.partial(OnPolicyPairsTask, _pairs_name)
+    TASKS[_pairs_name].chat = True  # read before construction by recipe validation
 
 
 def get_task(name: str):

@@ -217,6 +217,7 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
         result = evaluate_task(
             model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
             seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
+            chat_template=cfg.data.chat_template, temperature=cfg.eval.temperature,
         )
     run.accelerator.wait_for_everyone()
     return result if run.is_main else {}
