@@ -207,7 +207,7 @@ MOVED_KEYS = {
 class RecipeConfig:
     method: Literal["sft", "reward", "dpo", "ppo", "grpo"] = _f("sft", "Training method.")
     mode: Literal["lora", "full"] = _f("lora", "lora: train adapters on a frozen base; full: full fine-tuning.")
-    model: str = _f("builtin:tiny-arith", "Built-in base name, Hugging Face model id, or local path.")
+    model: str = _f("builtin:tiny-arith", "Built-in base (builtin:tiny-arith, shipped; builtin:smollm2-135m-instruct, fetched once), Hugging Face model id, local model folder, or local .gguf file (read dequantized in dtype).")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weight dtype of the base model (bfloat16 on GPUs that support it).")
     output_dir: Optional[str] = _f(None, "Run directory (default: a fresh folder under runs/).")
     resume: bool = _f(False, "Continue from the last checkpoint in output_dir.")

@@ -48,7 +48,8 @@ def run_one(recipe: str, overrides: list[str], seed: int, cap: str, runs_dir: Pa
     summary = json.loads((out / "summary.json").read_text())
     return {"seed": seed, "capability": cap, "eval_before": summary.get("eval_before", {}),
             "eval_after": summary.get("eval_after", {}), "wall_seconds": summary.get("wall_time_s"),
-            "trainable_parameters": summary.get("trainable_parameters")}
+            "trainable_parameters": summary.get("trainable_parameters"),
+            "peak_memory_gib": (summary.get("peak_memory_bytes") or 0) / 2**30}
 
 
 def mean_std(values: list[float]) -> str:
@@ -83,22 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     metrics = args.metrics or [m for m in sorted(rows[0]["eval_after"]) if m != "no_stop_fraction"
                                and "logps" not in m and not m.endswith(("/chosen", "/rejected")) and not (
         m.startswith("gold_score") and all(r["eval_after"][m] == r["eval_after"][m.replace("gold_score", "accuracy")] for r in rows))]
-    lines = [f"| seed | kernels | {' | '.join(f'{m} before -> after' for m in metrics)} | wall s |",
-             "|---|---|" + "---|" * len(metrics) + "---|"]
+    lines = [f"| seed | kernels | {' | '.join(f'{m} before -> after' for m in metrics)} | wall s | peak GiB |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for r in rows:
         cells = [(f"{r['eval_before'][m]:.3f}" if m in r["eval_before"] else "—") + f" -> {r['eval_after'][m]:.3f}"
                  for m in metrics]
-        lines.append(f"| {r['seed']} | {r['capability']} | {' | '.join(cells)} | {r['wall_seconds'] or 0:.0f} |")
+        lines.append(f"| {r['seed']} | {r['capability']} | {' | '.join(cells)} | {r['wall_seconds'] or 0:.0f} | {r.get('peak_memory_gib', 0):.2f} |")
     summary = {m: mean_std([r["eval_after"][m] for r in rows]) for m in metrics}
     before = {m: mean_std([r["eval_before"][m] for r in rows if m in r["eval_before"]]) for m in metrics
               if all(m in r["eval_before"] for r in rows)}
     lines.append(f"| mean ± std | all | {' | '.join(f'{before.get(m, chr(8212))} -> {summary[m]}' for m in metrics)} | "
-                 f"{statistics.mean(r['wall_seconds'] or 0 for r in rows):.0f} |")
+                 f"{statistics.mean(r['wall_seconds'] or 0 for r in rows):.0f} | "
+                 f"{statistics.mean(r.get('peak_memory_gib', 0) for r in rows):.2f} |")
     cmd = f"OMP_NUM_THREADS=1 python scripts/spread.py {args.recipe}" + "".join(f" {o}" for o in args.overrides)
     if args.caps:
         cmd += " --caps " + " ".join(args.caps)
     text = (f"Command: `{cmd}` ({len(jobs)} runs, 1 thread each, {args.jobs} at a time; "
-            f"wall s: the run's own wall time)\n\n" + "\n".join(lines) + "\n")
+            f"wall s: the run's own wall time; peak GiB: the run's peak_memory_bytes, CPU max RSS)\n\n" + "\n".join(lines) + "\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(text)

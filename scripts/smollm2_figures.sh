@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every figure of the README's "The real base" section (SmolLM2-135M-Instruct), re-measured.
+# Run from the repository root after `pip install -e .` (the first run fetches the base and
+# builds the on-policy pairs, a few minutes each):
+#     bash scripts/smollm2_figures.sh            # about 2.5 hours on 2 cores
+# Outputs: results/smollm2/*.md and .json (quality: each LoRA recipe over 3 seeds, PPO 1 seed, on
+# this machine's kernels) and results/smollm2/memory/*.md (memory: every recipe in both modes, the
+# same 4-step run with evaluation off, so the peak is the training step's, measured alike).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 WANDB_MODE=disabled
+CAP="$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+
+python -m align.cli fetch-base smollm2-135m-instruct
+python -m align.cli build-pairs chat_arithmetic_pairs
+
+for recipe in sft dpo rm grpo; do
+  python scripts/spread.py "recipes/${recipe}_smollm2_lora.yaml" --caps "$CAP" --out results/smollm2
+done
+python scripts/spread.py recipes/ppo_smollm2_lora.yaml --seeds 0 --caps "$CAP" --out results/smollm2
+
+for recipe in sft dpo rm grpo ppo; do
+  for mode in lora full; do
+    python scripts/spread.py "recipes/${recipe}_smollm2_${mode}.yaml" train.steps=4 eval.enabled=false \
+      --seeds 0 --caps "$CAP" --jobs 1 --out results/smollm2/memory
+  done
+done
