@@ -7,6 +7,8 @@ trainer runs it first (`align.trainers.common.start_run`), before anything is wr
   train` does before it starts a run), a known `scratch:` size, a model folder with config.json
   and tokenizer files (an adapter folder or a file is refused with what to set instead), or a
   valid hub id (with `HF_HUB_OFFLINE=1`, one in the local cache);
+- `data.task`: on-policy pairs (`chat_arithmetic_pairs`, ...) are built (`align build-pairs`,
+  which `align train` runs before a run);
 - `output_dir`: `resume: true` finds a checkpoint there; a fresh run does not land in another
   run's folder;
 - `dpo.init_adapter`, `rollout.init_adapter`, `rollout.reward_model` (when the run loads them): the folder
@@ -40,6 +42,8 @@ from align.config import (
 )
 from align.fetched_bases import FETCHED_BASES, fetched_base_path
 from align.gguf_io import gguf_config, is_gguf_path, require_gguf
+from align.tasks.onpolicy_pairs import PAIR_SOURCES, not_built_message
+from align.tasks.onpolicy_pairs import is_built as pairs_built
 
 _TRUE = {"1", "on", "yes", "true"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -52,6 +56,8 @@ def preflight(cfg: RecipeConfig) -> RecipeConfig:
     Updates `cfg` in place and returns it; raises ConfigError."""
     _check_model(cfg.model)
     _check_output_dir(cfg)
+    if cfg.data.task in PAIR_SOURCES and cfg.data.train_file is None and not pairs_built(cfg.data.task):
+        raise ConfigError(f"data.task: {not_built_message(cfg.data.task)}")
     meta: list = []  # the recipe's model on the meta device, built on first use
 
     def recipe_model():

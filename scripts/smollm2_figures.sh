@@ -5,7 +5,7 @@
 #     bash scripts/smollm2_figures.sh            # about 2.5 hours on 2 cores
 # Outputs: results/smollm2/*.md and .json (quality: each LoRA recipe over 3 seeds, PPO 1 seed, on
 # this machine's kernels) and results/smollm2/memory/*.md (memory: every recipe in both modes, the
-# same 4-step run with evaluation off, so the peak is the training step's, measured alike).
+# same 2-step run with evaluation off, so the peak is the training step's, measured alike).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled
@@ -21,7 +21,7 @@ python scripts/spread.py recipes/ppo_smollm2_lora.yaml --seeds 0 --caps "$CAP" -
 
 for recipe in sft dpo rm grpo ppo; do
   for mode in lora full; do
-    python scripts/spread.py "recipes/${recipe}_smollm2_${mode}.yaml" train.steps=4 eval.enabled=false \
+    python scripts/spread.py "recipes/${recipe}_smollm2_${mode}.yaml" train.steps=2 eval.enabled=false \
       --seeds 0 --caps "$CAP" --jobs 1 --out results/smollm2/memory
   done
 done

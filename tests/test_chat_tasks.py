@@ -112,8 +112,12 @@ def test_build_pairs_caches_trl_format_pairs_reproducibly(small_pairs):
 
 
 def test_pairs_task_without_a_build_says_how(tmp_path, monkeypatch):
+    from align.preflight import preflight
+
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
     with pytest.raises(ConfigError, match="align build-pairs chat_arithmetic_pairs"):
+        preflight(load_recipe(None, ["method=dpo", "data.task=chat_arithmetic_pairs", "data.chat_template=true"]))
+    with pytest.raises(FileNotFoundError, match="align build-pairs chat_arithmetic_pairs"):
         get_task("chat_arithmetic_pairs").preference_rows("train", 4)
 
 

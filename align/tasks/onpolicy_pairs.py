@@ -31,7 +31,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from align.config import ConfigError
 from align.home import align_home
 
 
@@ -67,12 +66,16 @@ def is_built(name: str) -> bool:
     return (pairs_dir(name) / "BUILD_INFO.json").is_file()
 
 
+def not_built_message(name: str) -> str:
+    return (f"the on-policy pairs {name!r} are not built on this machine: run `align build-pairs {name}` once "
+            f"(`align train` does it before its run); they go to {pairs_dir(name)}")
+
+
 def read_pairs(name: str, split: str) -> list[dict]:
     """The cached pairs of `split` ("train" / "eval") as TRL conversational rows; not built yet:
-    one ConfigError line saying how (loading never samples)."""
+    FileNotFoundError saying how (loading never samples; preflight says it first, as one line)."""
     if not is_built(name):
-        raise ConfigError(f"the on-policy pairs {name!r} are not built on this machine: run `align build-pairs {name}` once "
-                          f"(`align train` does it before its run); they go to {pairs_dir(name)}")
+        raise FileNotFoundError(not_built_message(name))
     with open(pairs_dir(name) / f"{split}.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
 
