@@ -41,6 +41,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from align.home import file_sha256
 from align.models import align_home, builtin_base_dir
 
 # The pretraining recipe of each built-in base, as dotted overrides of the recipe defaults.
@@ -84,16 +85,6 @@ def base_fingerprint(name: str) -> str:
     recipe = BASE_RECIPES[name]
     size = next(o.split("scratch:", 1)[1] for o in recipe if o.startswith("model=scratch:"))
     return _fingerprint({"recipe": recipe, "size": MODEL_SIZES[size]})
-
-
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shipped_base_problem(name: str) -> str | None:

@@ -25,7 +25,6 @@ Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_gguf_models.py`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -39,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from align.config import ConfigError
-from align.home import align_home
+from align.home import align_home, file_sha256
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,6 @@ def fetched_base_path(name: str) -> str:
         raise ConfigError(f"{name} is not on this machine yet: run `align fetch-base {name.split(':', 1)[1]}` once "
                           f"(`align train` does it before its run); it goes to {fetched_base_dir(name)}")
     return str(fetched_base_dir(name))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manual_help(spec: FetchedBase, downloads: Path) -> str:

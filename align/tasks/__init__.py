@@ -140,12 +140,9 @@ class ChatArithmeticTask:
     def pretrain_corpus(self, n: int, seed: int = 0) -> list[str]:
         raise ValueError("task 'chat_arithmetic' has no pretraining corpus (it is for a pretrained chat model)")
 
-    def correct(self, completions: list[str], answers: list[int]) -> list[bool]:
-        return [arithmetic.is_correct(c, a) for c, a in zip(completions, answers, strict=True)]
-
-    def score(self, prompts: list[str], completions: list[str], answers: list[int]) -> list[float]:
-        del prompts
-        return [float(ok) for ok in self.correct(completions, answers)]
+    # The same verifier as the arithmetic task: the last integer of the answer.
+    correct = ArithmeticTask.correct
+    score = ArithmeticTask.score
 
 
 @dataclass(frozen=True)
