@@ -28,9 +28,6 @@ from typing import Any
 
 from align.config import ConfigError
 
-DTYPES_BY_NAME = ("float32", "bfloat16", "float16")
-
-
 def is_gguf_path(name: str) -> bool:
     return name.lower().endswith(".gguf")
 
@@ -84,9 +81,8 @@ def load_gguf(path: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise ConfigError(f"model: {path} could not be read as a GGUF model ({type(err).__name__}: {reason})") from None
     config = read.config
-    for attribute in ("quantization_config",):  # the "quantized with gguf" flag: the weights are plain floats now
-        if hasattr(config, attribute):
-            delattr(config, attribute)
+    if hasattr(config, "quantization_config"):  # the "quantized with gguf" flag: the weights are plain floats now
+        delattr(config, "quantization_config")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     # assign=True takes the dequantized tensors themselves: no second copy of the weights.

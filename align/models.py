@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from align.fetched_bases import FETCHED_BASES, fetched_base_path
-from align.gguf_io import is_gguf_path, load_gguf
+from align.gguf_io import is_gguf_path, load_gguf, load_gguf_tokenizer
 from align.home import align_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,12 +82,11 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
-    if is_gguf_path(path):
-        from align.gguf_io import load_gguf_tokenizer
+    tokenizer = load_gguf_tokenizer(path) if is_gguf_path(path) else AutoTokenizer.from_pretrained(path)
+    return _pad_with_eos(tokenizer)
 
-        tokenizer = load_gguf_tokenizer(path)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+
+def _pad_with_eos(tokenizer):
     if tokenizer.pad_token_id is None:
         # Many causal LMs ship without a pad token; padding positions are always masked out.
         tokenizer.pad_token = tokenizer.eos_token
@@ -101,9 +100,8 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32"):
     _quiet_transformers()
     path = resolve_model_path(name)
     if is_gguf_path(path):  # dequantized in `dtype` into an ordinary model (align.gguf_io)
-        model, tokenizer = load_gguf(path, dtype)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model, tokenizer = load_gguf(path, dtype)  # load_gguf reads the tokenizer too: not read a second time
+        tokenizer = _pad_with_eos(tokenizer)
     else:
         tokenizer = load_tokenizer(path)  # the resolved folder: a built-in base is checked once, not twice
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
