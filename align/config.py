@@ -176,6 +176,7 @@ class PPOSettings:
     value_loss_coef: float = _f(0.1, "Value loss weight.")
     value_lr: Optional[float] = _f(None, "Value LR (default: the policy LR).")
     value_init_from_reward: bool = _f(False, "Initialise the value adapter and head from the reward model.")
+    value_head_init: Literal["normal", "zero"] = _f("normal", "A fresh value head's weights: normal (std 1/sqrt(hidden+1)) or zero (every value starts at 0, so the first advantages are the whitened returns). A real base's final hidden states are large enough that a normal head's values swamp 0/1 rewards (explained variance -10 on SmolLM2): use zero there.")
 
 
 @dataclass

@@ -181,6 +181,9 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     add_policy_and_reference(base, "rollout.init_adapter", cfg.rollout.init_adapter)
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
     base.add_value(init_from_reward=ppo.value_init_from_reward)
+    if ppo.value_head_init == "zero" and not ppo.value_init_from_reward:
+        with torch.no_grad():
+            base.head("value").weight.zero_()  # V = bias = 0 at the start; a resume loads the trained head over it
     _set_update_mode(base, False)  # eval mode except during the update's forward passes
     eos_ids = eos_token_ids(base.model, base.tokenizer)
 
