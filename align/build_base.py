@@ -7,7 +7,7 @@
 Why the weights also ship with the package: training is deterministic on one CPU, but float
 rounding differs between CPUs (other SIMD kernels, another summation order), and 3000 steps of
 training carry a rounding difference into visibly different weights. The recipe was chosen so
-that every such build lands in the same narrow quality band (`scripts/base_robustness.py` checks
+that every such build lands in the same narrow quality band (`scripts/studies/base_robustness.py` checks
 seeds x kernel sets; the table is in the README), yet only the shipped file makes every user
 start from exactly the base that the README's figures were measured on. So `builtin:tiny-arith`
 loads the shipped weights (checked against their sha256), and this module rebuilds them on
@@ -197,7 +197,7 @@ def check_base_quality(name: str, path: str) -> dict:
             f"greedy accuracy {greedy:.3f} (expected >= {base.min_greedy_accuracy}), sampled {sampled:.3f} "
             f"(expected {low}-{high}; 4 x 256 held-out prompts). Results of runs from it will not match "
             f"the README. If these are the shipped weights, please report it with your CPU and torch version; "
-            f"if you changed the base recipe, check it with scripts/base_robustness.py.",
+            f"if you changed the base recipe, check it with scripts/studies/base_robustness.py.",
             file=sys.stderr, flush=True,
         )
     _QUALITY_CHECKED[sha] = quality

@@ -100,7 +100,7 @@ def reduce_logprobs(token_logps_BT: torch.Tensor, completion_mask_BT: torch.Tens
 
 def sum_and_mean_logprobs(token_logps_BT: torch.Tensor, completion_mask_BT: torch.Tensor) -> torch.Tensor:
     """(B, 2): the completion's summed and mean token log-prob, what a `last_token+logprob`
-    reward head reads (`align.role_helpers.ScalarHead`; `scripts/rm_probe.py` probes the same)."""
+    reward head reads (`align.role_helpers.ScalarHead`; `scripts/studies/rm_probe.py` probes the same)."""
     return torch.stack([reduce_logprobs(token_logps_BT, completion_mask_BT),
                         reduce_logprobs(token_logps_BT, completion_mask_BT, average=True)], dim=-1)
 

@@ -32,7 +32,7 @@ TARGET_PRESETS = ("all", "attention", "mlp", "all+embeddings")
 LORA_LR_MULTIPLIER = 10.0
 # LoRA's best LR over FullFT's as this toolkit MEASURED it per method on its built-in tasks (alpha
 # 32, 1/r, targets all): the geometric mean over ranks 1-8 (SFT: 1-32) of the ratio of the best
-# points of x~3.16 LR grids, 3 seeds each (results/atlas/lr_rule.md, `python scripts/atlas.py`).
+# points of x~3.16 LR grids, 3 seeds each (results/atlas/lr_rule.md, `python scripts/studies/atlas.py`).
 # Not 10x except for GRPO; following 10x cost 0.37-0.40 of pairwise accuracy in reward modelling.
 MEASURED_LR_RATIOS = {"sft": 3.0, "reward": 4.6, "dpo": 1.5, "ppo": 4.5, "grpo": 10.0}
 

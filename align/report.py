@@ -1,7 +1,7 @@
 """`align report`: one self-contained HTML page of one or more runs, or of a parity study.
 
     align report RUN_DIR [RUN_DIR ...] -o report.html    # runs overlay on the same axes
-    align report results/parity_ppo -o parity_ppo.html   # a study folder (scripts/parity.py)
+    align report results/parity_ppo -o parity_ppo.html   # a study folder (scripts/studies/parity.py)
 
 A run (a run directory: config.yaml, metrics.jsonl, samples.jsonl, summary.json; see
 align.tracking) gives: its settings side by side, the evaluation before and after, learning
@@ -422,7 +422,7 @@ def study_report(study: dict[str, Any], page: _Page) -> None:
                        "band": [[s, m - d, m + d] for s, m, d in zip(steps, means, stds)]})
     curves = (page.chart({"kind": "line", "title": f"{metric} during training at each best LR (seed mean, ± std band)",
                           "xlabel": "step", "xint": True, "ylabel": metric, "series": series}) if series else
-              "<p>This study folder has no study.json (rerun <code>python scripts/parity.py METHOD --report-only</code> "
+              "<p>This study folder has no study.json (rerun <code>python scripts/studies/parity.py METHOD --report-only</code> "
               "to write it): no curves.</p>")
     page.section(f"{metric} vs learning rate, and curves at each best LR", f'<div class="grid">{lr_chart}{curves}</div>',
                  _e(study.get("metric_label", "")))

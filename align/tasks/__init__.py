@@ -229,7 +229,7 @@ class BuiltinBase:
     """The expected band of every build, on any machine: greedy accuracy at least this, ..."""
     sampled_accuracy_range: tuple[float, float] = (0.0, 1.0)
     """... and sampled accuracy (4 x 256 held-out prompts) inside this range. Measured with
-    `scripts/base_robustness.py` (seeds x CPU kernel sets); a base outside it gets a warning."""
+    `scripts/studies/base_robustness.py` (seeds x CPU kernel sets); a base outside it gets a warning."""
 
 
 BUILTIN_BASES: dict[str, BuiltinBase] = {
@@ -243,7 +243,7 @@ BUILTIN_BASES: dict[str, BuiltinBase] = {
         warmup_steps=100,
         batch_size=32,
         loss_on="completion",
-        # scripts/base_robustness.py, 3 seeds x 3 kernel sets: greedy 0.945-0.988, sampled
+        # scripts/studies/base_robustness.py, 3 seeds x 3 kernel sets: greedy 0.945-0.988, sampled
         # (4 x 256) 0.597-0.662 around a median of 0.630; the band is that median +- 0.05.
         min_greedy_accuracy=0.85,
         sampled_accuracy_range=(0.58, 0.68),

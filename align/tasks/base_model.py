@@ -5,7 +5,7 @@ What it does: `tiny_llama_config(vocab_size, size)` returns a `transformers.Llam
   context 64), sized so that a few CPU minutes of pretraining on
   `align.tasks.arithmetic.pretrain_corpus` learn the arithmetic world (measured: 3000 steps of
   batch 32 at LR 1e-3, 2-4 minutes on one core, reach 0.95-0.99 greedy and about 0.63 sampled
-  accuracy on eval problems over 3 seeds x 3 CPU kernel sets; `scripts/base_robustness.py`). A
+  accuracy on eval problems over 3 seeds x 3 CPU kernel sets; `scripts/studies/base_robustness.py`). A
   4-layer model learned no faster per step and costs twice as much per step on CPU;
 - "test": a much smaller model (2 layers, hidden 32) for fast unit and integration tests.
 

@@ -22,7 +22,7 @@ but no fact pays exactly that (plus ~0 for the EOS); a model that memorised ever
 Values are 12 digits rather than 4 because the capacity study is compute-bound: a sequence of 27
 tokens instead of 19 costs about the same CPU time per step and carries 3x the bits, so 1024 facts
 (40.8k bits, ~7 bits per parameter of a rank-1 adapter on the built-in base) suffice where 4-digit
-values would need ~3000 (probes in `scripts/atlas_capacity.py`).
+values would need ~3000 (probes in `scripts/studies/atlas_capacity.py`).
 
 What it leaves out: preference pairs and a pretraining corpus (a memorised value has no "better"
 wrong answer, and the base is built on the arithmetic world; `align.tasks.FactsTask` raises for
