@@ -71,6 +71,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
+from align.compat import enable_activation_checkpointing
 from align.config import LoraSettings
 from align.logprobs import DEFAULT_LOGPROB_CHUNK_BYTES, TokenLogProbs, final_hidden_states, last_token_index, sum_and_mean_logprobs, token_logprobs
 from align.lora import peft_lora_config
@@ -424,10 +425,7 @@ class SharedBase:
             kwargs["context_fn"] = CheckpointContextFn(self)
         models = [self.model] + [e.model for e in self._roles.values() if e.model is not None and e.model is not self.model]
         for model in models:
-            if hasattr(model, "activation_checkpointing_enable"):
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
-            else:  # transformers < 5
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            enable_activation_checkpointing(model, kwargs, every_n_layers=every_n_layers)
 
     def _grad_context(self, role: str):
         return nullcontext() if self._get(role).trainable else torch.no_grad()

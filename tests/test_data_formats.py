@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from align.compat import checkpointing_args
 from align.config import DataSettings
 from align.data.loading import (
     DataError, SkipCounter, load_examples, pair_examples, read_rows, rows_from_task, sft_examples,
@@ -69,7 +70,7 @@ def trl_prepare():
 
     disable_progress_bars()
     common = dict(output_dir="/tmp/unused", report_to=[], use_cpu=True, dataset_num_proc=None, bf16=False,
-                  activation_checkpointing=False)
+                  **checkpointing_args(False))
     dpo_args, sft_args = DPOConfig(max_length=None, **common), SFTConfig(max_length=None, **common)
 
     def prepare(kind: str, rows: list[dict], tokenizer) -> list[dict]:

@@ -21,6 +21,7 @@ import copy
 import pytest
 import torch
 
+from align.compat import checkpointing_args
 from align.config import DPOSettings, RecipeConfig
 from align.data.batching import collate_pairs
 from align.data.loading import SkipCounter, pair_examples, rows_from_task
@@ -51,7 +52,7 @@ def _trainer(tmp_path, model, tokenizer, loss_type="sigmoid", **kw):
 
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, beta=BETA, loss_type=loss_type,
-        per_device_train_batch_size=len(ROWS), max_length=None, activation_checkpointing=False,
+        per_device_train_batch_size=len(ROWS), max_length=None, **checkpointing_args(False),
         dataset_num_proc=None, logging_steps=1, save_strategy="no",
         bf16=False,  # TRL defaults to bf16 autocast (even on CPU); compare in float32
     )

@@ -34,6 +34,7 @@ import math
 import pytest
 import torch
 
+from align.compat import checkpointing_args
 from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
 from align.models import load_model_and_tokenizer
 
@@ -82,7 +83,7 @@ def _trainer(tmp_path, model_and_tokenizer, **config):
     args = GRPOConfig(
         output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
         per_device_train_batch_size=4, num_generations=G, max_completion_length=MAX_COMPLETION_LENGTH,
-        activation_checkpointing=False, epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH,
+        **checkpointing_args(False), epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH,
         bf16=False,  # compare in float32
         **config,
     )

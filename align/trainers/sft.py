@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from align.compat import enable_activation_checkpointing
 from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
@@ -78,7 +79,7 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     model.to(acc.device)
     model.train()
     if cfg.train.activation_checkpointing:  # one role, no switching: transformers' own checkpointing
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, {"use_reentrant": False})
     trainable, total = count_parameters(model)
 
     skipped = SkipCounter()
