@@ -9,6 +9,8 @@
                                                    package), check it and convert it into $ALIGN_HOME/bases
     align build-pairs chat_arithmetic_pairs|instructions_pairs [--force]  sample K answers per prompt from
                                                    the real base, rank them by the verifier, cache best/worst pairs
+    align profile-memory RECIPE.yaml [key=value ...] [--steps N]  run a recipe a few steps; print its memory
+                                                   phase by phase (prefill, decode, log-probs, update, optimizer)
     align config-help                              every recipe key with its type, default and doc
     align export-reward RUN_DIR OUT_DIR [--drop-bias]  a reward run as a transformers
                                                    AutoModelForSequenceClassification (align.export)
@@ -41,6 +43,12 @@ from align.tasks.onpolicy_pairs import PAIR_SOURCES
 
 def _train(args: argparse.Namespace) -> str:
     cfg = load_recipe(args.recipe, args.overrides)
+    return _prepared_trainer(cfg)(cfg).run_dir
+
+
+def _prepared_trainer(cfg):
+    """The recipe's trainer function, after the steps a run needs first (fetch or build the base,
+    sample on-policy pairs): loading a model or data never does those itself."""
     if cfg.model in FETCHED_BASES:
         # The explicit fetch step, before the run starts (loading never fetches).
         fetch_base(cfg.model)
@@ -55,8 +63,17 @@ def _train(args: argparse.Namespace) -> str:
 
         build_pairs(cfg.data.task)
     module_name, function_name = TRAINERS[cfg.method]
-    trainer = getattr(importlib.import_module(module_name), function_name)
-    return trainer(cfg).run_dir
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _profile_memory(args: argparse.Namespace) -> None:
+    from align.profile_memory import format_profile, profile_run, write_profile  # imports torch: not on every command
+
+    cfg = load_recipe(args.recipe, [*args.overrides, f"train.steps={args.steps}"])
+    profile, result = profile_run(cfg, _prepared_trainer(cfg))
+    lines = format_profile(profile, cfg, args.recipe, result.run_dir)
+    print("\n".join(lines), flush=True)
+    print(write_profile(profile, lines, result.run_dir), flush=True)
 
 
 # method -> (module, function): imported on use, so a run loads only its own trainer.
@@ -84,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = sub.add_parser("build-pairs", help="sample and cache on-policy preference pairs of a chat task (align.tasks.onpolicy_pairs)")
     pairs.add_argument("name", choices=sorted(PAIR_SOURCES))
     pairs.add_argument("--force", action="store_true", help="sample again even if cached")
+    profile = sub.add_parser("profile-memory", help="run a recipe for a few steps and print its memory phase by phase (align.profile_memory)")
+    profile.add_argument("recipe")
+    profile.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.enabled=false train.grad_accum=4")
+    profile.add_argument("--steps", type=int, default=2, help="training steps to profile (default 2: the second has the optimizer state)")
     sub.add_parser("config-help", help="list every recipe key")
     export = sub.add_parser("export-reward", help="export a reward run as a sequence-classification model")
     export.add_argument("run_dir", help="a reward-model run directory (or its reward/ folder)")
@@ -109,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(f"report: {report_command(run_dir)}", flush=True)
                 print(run_dir, flush=True)
+        elif args.command == "profile-memory":
+            _profile_memory(args)
         elif args.command == "build-base":
             from align.build_base import build_base, compare_with_shipped
 

@@ -41,6 +41,7 @@ import torch
 
 from align.data.prompts import render_prompts
 from align.losses.policy import masked_mean
+from align.memory import memory_phase
 
 
 @dataclass
@@ -169,19 +170,21 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
 
     # ---- rollout: batched sampling from the policy (eval mode, no grad, KV cache, left padding)
     t0 = time.time()
-    rollout = base.generate(
-        "policy", rendered, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-        batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
-        **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
-        eos_token_ids=eos_ids, progress=False,
-    )
+    with memory_phase("rollout"):
+        rollout = base.generate(
+            "policy", rendered, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+            batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
+            **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
+            eos_token_ids=eos_ids, progress=False,
+        )
     t_rollout = time.time() - t0
 
     # ---- scoring: the training reward (and the gold reward beside it), from the texts
     t0 = time.time()
     lengths = rollout.response_mask_BT.sum(-1).tolist()
     metadata = {"answers": answers, "response_lengths": lengths}
-    scored = rewards.train(prompts, rollout.texts, **metadata)
+    with memory_phase("scoring"):
+        scored = rewards.train(prompts, rollout.texts, **metadata)
     raw_score_B = torch.tensor(scored.scores, dtype=torch.float32, device=base.device)
     stopped_B = rollout.stopped_B.to(base.device)
     score_B = raw_score_B
@@ -200,11 +203,13 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
         part = slice(start, start + r.forward_batch_size)
         chunk = (input_ids_BL[part], attention_mask_BL[part], response_mask_BT[part])
         if old_logprobs:
-            logps_BT, entropy_BT = response_logprobs(base, "policy", *chunk, r.temperature, with_entropy=True)
+            with memory_phase("old_logprobs"):
+                logps_BT, entropy_BT = response_logprobs(base, "policy", *chunk, r.temperature, with_entropy=True)
             logps.append(logps_BT)
             entropies.append(entropy_BT)
         if reference:
-            ref_logps.append(response_logprobs(base, "reference", *chunk, r.temperature)[0])
+            with memory_phase("reference_logprobs"):
+                ref_logps.append(response_logprobs(base, "reference", *chunk, r.temperature)[0])
     t_forward = time.time() - t0
 
     stats = {

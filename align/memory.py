@@ -11,6 +11,14 @@ What it does:
   never goes down and cannot be reset, which is why memory benchmarks run each mode (LoRA,
   full) in its own process.
 
+- `memory_phase(name)`: a context manager the trainers put around each phase of a step
+  (generation's prefill and decode, old and reference log-probs, values, the update's forward and
+  backward, the optimizer, evaluation). It costs nothing unless a `PhaseProfile` is recording
+  (`align profile-memory`, `align.profile_memory`): then each phase gets its own peak and the
+  memory it leaves behind. Per-phase peaks on CPU come from Linux's resettable high-water mark
+  (`/proc/self/clear_refs`, VmHWM); on CUDA from `max_memory_allocated` with
+  `reset_peak_memory_stats`, plus the allocator's reserved bytes (what it keeps).
+
 What it leaves out: activations (they show only in the peaks), buffers (rotary tables and the
 like, small), allocator fragmentation.
 
@@ -19,9 +27,13 @@ Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_memory.py`.
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import sys
-from typing import Any, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -116,10 +128,169 @@ def peak_bytes(device: torch.device | str | None = None) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    rss = int(rss if sys.platform == "darwin" else rss * 1024)
+    # A PhaseProfile resets the kernel's high-water mark (which ru_maxrss reads) at each phase,
+    # so the process peak is the larger of the two.
+    return max(rss, _PROFILE.process_peak if _PROFILE is not None else 0, _PEAK_OF_STOPPED_PROFILES)
 
 
 def reset_peak(device: torch.device | str | None = None) -> None:
     """Reset the CUDA peak counter; a no-op on CPU, where the process peak cannot be reset."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---- per-phase profile ---------------------------------------------------------------------------
+
+def _cpu_rss() -> int:
+    """Resident bytes of this process now (Linux /proc; elsewhere the peak, an upper bound)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _cpu_hwm() -> int:
+    """The kernel's resident high-water mark (VmHWM) since it was last reset."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def _reset_cpu_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PhaseStats:
+    """One phase over all its calls: the largest peak of any call, and the memory of the last
+    call before and after it (the difference is what the phase leaves behind)."""
+
+    calls: int = 0
+    peak: int = 0
+    before: int = 0
+    after: int = 0
+    reserved_after: int | None = None  # CUDA: what the caching allocator keeps after the phase
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"calls": self.calls, "peak_bytes": self.peak, "before_bytes": self.before, "after_bytes": self.after,
+                "kept_bytes": self.after - self.before, "reserved_after_bytes": self.reserved_after}
+
+
+@dataclass
+class _Frame:
+    name: str
+    before: int
+    peak: int
+
+
+@dataclass
+class PhaseProfile:
+    """Records `memory_phase` peaks for one process. On CUDA devices the figures are torch's
+    allocated bytes; on CPU the process's resident set size (libraries and allocator slack
+    included: `baseline` is what the process held before any model was built). Phases nest
+    (`rollout/prefill` inside `rollout`): a parent's peak includes its children's."""
+
+    device: str = "cpu"
+    baseline: int = 0
+    phases: dict[str, PhaseStats] = field(default_factory=dict)
+    process_peak: int = 0
+    outside_peak: int = 0
+    exact_peaks: bool = True  # False where the CPU high-water mark cannot be reset (peaks then lower bounds)
+    _stack: list[_Frame] = field(default_factory=list)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def _now(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.memory_allocated(self.device))
+        return _cpu_rss()
+
+    def _peak_since_reset(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return _cpu_hwm() if self.exact_peaks else self._now()
+
+    def _reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.exact_peaks:
+            self.exact_peaks = _reset_cpu_hwm()
+
+    def _note_peak(self) -> int:
+        """The peak since the last reset, credited to every open phase and the process."""
+        peak = self._peak_since_reset()
+        for frame in self._stack:
+            frame.peak = max(frame.peak, peak)
+        if not self._stack:  # model loading, data, checkpoints: what no phase covers
+            self.outside_peak = max(self.outside_peak, peak)
+        self.process_peak = max(self.process_peak, peak)
+        return peak
+
+    def enter(self, name: str) -> None:
+        self._note_peak()  # the enclosing phases keep what they reached so far
+        self._reset_peak()
+        path = f"{self._stack[-1].name}/{name}" if self._stack else name
+        now = self._now()
+        self.phases.setdefault(path, PhaseStats())  # the table lists phases in the order they first start
+        self._stack.append(_Frame(path, now, now))
+
+    def exit(self) -> None:
+        self._note_peak()
+        frame = self._stack.pop()
+        stats = self.phases.setdefault(frame.name, PhaseStats())
+        stats.calls += 1
+        stats.peak = max(stats.peak, frame.peak)
+        stats.before, stats.after = frame.before, self._now()
+        if self.cuda:
+            stats.reserved_after = int(torch.cuda.memory_reserved(self.device))
+
+    def as_dict(self) -> dict[str, Any]:
+        self._note_peak()
+        return {"device": self.device, "baseline_bytes": self.baseline, "process_peak_bytes": self.process_peak,
+                "outside_phases_peak_bytes": self.outside_peak,
+                "exact_peaks": self.exact_peaks, "phases": {k: v.as_dict() for k, v in self.phases.items()}}
+
+
+_PROFILE: PhaseProfile | None = None
+_PEAK_OF_STOPPED_PROFILES = 0  # CPU: what the kernel's counter forgot when the profiles reset it
+
+
+def start_phase_profile(device: str = "cpu") -> PhaseProfile:
+    """Start recording phases in this process; the baseline is the memory held right now."""
+    global _PROFILE
+    _PROFILE = PhaseProfile(device=str(device))
+    _PROFILE.baseline = _PROFILE._now()
+    _PROFILE.process_peak = max(_PROFILE.baseline, peak_bytes(None if _PROFILE.cuda else "cpu"))
+    return _PROFILE
+
+
+def stop_phase_profile() -> PhaseProfile | None:
+    global _PROFILE, _PEAK_OF_STOPPED_PROFILES
+    profile, _PROFILE = _PROFILE, None
+    if profile is not None and not profile.cuda:
+        _PEAK_OF_STOPPED_PROFILES = max(_PEAK_OF_STOPPED_PROFILES, profile.as_dict()["process_peak_bytes"])
+    return profile
+
+
+@contextmanager
+def memory_phase(name: str) -> Iterator[None]:
+    """Mark a phase of a step for the memory profile (a no-op unless one is recording)."""
+    profile = _PROFILE
+    if profile is None:
+        yield
+        return
+    profile.enter(name)
+    try:
+        yield
+    finally:
+        profile.exit()

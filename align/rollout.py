@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from align.distributed import causal_lm, every_process
+from align.memory import memory_phase
 from align.modes import eval_mode
 
 
@@ -137,8 +138,9 @@ def _generate_batch(
     # Positions count real tokens only, so a left-padded prompt starts at position 0.
     position_ids_BP = (prompt_mask_BP.cumsum(-1) - 1).clamp(min=0)
     cache_argument = _cache_argument(model)
-    outputs = model(input_ids=prompt_ids_BP, attention_mask=attention_mask_BL,
-                    position_ids=position_ids_BP, use_cache=True)
+    with memory_phase("prefill"):
+        outputs = model(input_ids=prompt_ids_BP, attention_mask=attention_mask_BL,
+                        position_ids=position_ids_BP, use_cache=True)
     next_position_B = position_ids_BP[:, -1] + 1
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, masks = [], []
@@ -166,9 +168,10 @@ def _generate_batch(
         if local_done:
             token_B = torch.full_like(token_B, pad_id)
         attention_mask_BL = torch.cat([attention_mask_BL, torch.ones_like(attention_mask_BL[:, :1])], dim=1)
-        outputs = model(input_ids=token_B[:, None], attention_mask=attention_mask_BL,
-                        position_ids=next_position_B[:, None], use_cache=True,
-                        **{cache_argument: _cache_of(outputs)})
+        with memory_phase("decode"):
+            outputs = model(input_ids=token_B[:, None], attention_mask=attention_mask_BL,
+                            position_ids=next_position_B[:, None], use_cache=True,
+                            **{cache_argument: _cache_of(outputs)})
         next_position_B = next_position_B + 1
     if not tokens:  # max_new_tokens == 0
         empty_BT = torch.zeros(B, 0, dtype=torch.long, device=device)

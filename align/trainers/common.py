@@ -26,6 +26,7 @@ from align.config import RecipeConfig, save_resolved
 from align.data.batching import chunks as _chunks
 from align.data.batching import shard as _shard
 from align.lora import lr_rule_ratio
+from align.memory import memory_phase, peak_bytes
 from align.preflight import preflight
 from align.tracking import Tracker, new_run_dir
 
@@ -193,13 +194,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RecipeConfig, total_st
 
 def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, accelerator) -> float:
     """Clip (if enabled), step, zero grads; return the pre-clip gradient norm."""
-    if max_grad_norm > 0:
-        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    with memory_phase("optimizer"):
+        if max_grad_norm > 0:
+            norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+        else:
+            norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
     return float(norm)
 
 
@@ -214,11 +216,12 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
         from align.tasks import task_for
 
         model = run.accelerator.unwrap_model(model)
-        result = evaluate_task(
-            model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
-            seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
-            chat_template=cfg.data.chat_template, temperature=cfg.eval.temperature,
-        )
+        with memory_phase("eval"):
+            result = evaluate_task(
+                model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
+                seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
+                chat_template=cfg.data.chat_template, temperature=cfg.eval.temperature,
+            )
     run.accelerator.wait_for_everyone()
     return result if run.is_main else {}
 
@@ -294,15 +297,14 @@ def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids
     if eval_rows:
         from align.experience import evaluate_prompts
 
-        metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main or run.sharded else {}
+        with memory_phase("eval"):
+            metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main or run.sharded else {}
         metrics = metrics if run.is_main else {}
         run.accelerator.wait_for_everyone()
     return metrics
 
 
 def peak_memory_bytes() -> int:
-    from align.memory import peak_bytes
-
     return int(peak_bytes())
 
 
@@ -401,9 +403,10 @@ def accumulated_step(run: Run, global_rows: list[int], micro_loss, params, optim
     sums: dict[str, torch.Tensor] = {}
     tokens = torch.zeros((), device=acc.device)
     for micro_rows in _chunks(_shard(global_rows, run.rank, run.world), run.cfg.train.grad_accum):
-        loss, stats, n, micro_tokens = micro_loss(micro_rows)
-        # x world because all_reduce_gradients AVERAGES over processes
-        (loss * (n * run.world / global_count)).backward()
+        with memory_phase("update/forward"):
+            loss, stats, n, micro_tokens = micro_loss(micro_rows)
+        with memory_phase("update/backward"):  # x world because all_reduce_gradients AVERAGES over processes
+            (loss * (n * run.world / global_count)).backward()
         for k, v in {"loss": loss.detach(), **stats}.items():
             sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.float() * n
         tokens += micro_tokens

@@ -50,7 +50,7 @@ from align.experience import (
     RolloutRewards, completion_generators, eos_token_ids, response_logprobs, sample_and_score,
 )
 from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
-from align.memory import count_parameters, memory_by_role, memory_report, peak_bytes
+from align.memory import count_parameters, memory_by_role, memory_phase, memory_report, peak_bytes
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
@@ -156,16 +156,18 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                     continue
                 denominators = LossDenominators(sequences, tokens, r.max_new_tokens, cfg.train.grad_accum, run.world)
                 for micro in chunks(list(range(k * local_group_rows, (k + 1) * local_group_rows)), cfg.train.grad_accum):
-                    logps_BT, entropy_BT = response_logprobs(
-                        base, "policy", samples.input_ids_BL[micro], samples.attention_mask_BL[micro],
-                        samples.response_mask_BT[micro], r.temperature, with_entropy=True)
-                    old_logps_BT = logps_BT.detach() if on_policy_only else samples.old_logps_BT[micro]
-                    loss, stats = grpo_loss(
-                        logps_BT, old_logps_BT, advantages_B[micro], loss_mask_BT[micro], denominators,
-                        g.loss_aggregation, g.clip_low, g.clip_high,
-                        samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator)
+                    with memory_phase("update/forward"):
+                        logps_BT, entropy_BT = response_logprobs(
+                            base, "policy", samples.input_ids_BL[micro], samples.attention_mask_BL[micro],
+                            samples.response_mask_BT[micro], r.temperature, with_entropy=True)
+                        old_logps_BT = logps_BT.detach() if on_policy_only else samples.old_logps_BT[micro]
+                        loss, stats = grpo_loss(
+                            logps_BT, old_logps_BT, advantages_B[micro], loss_mask_BT[micro], denominators,
+                            g.loss_aggregation, g.clip_low, g.clip_high,
+                            samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator)
                     # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
-                    (loss * run.world).backward()
+                    with memory_phase("update/backward"):
+                        (loss * run.world).backward()
                     # the step's loss is the sum of every share: x world here, then the mean over processes
                     sums["loss"] += float(loss.detach()) * run.world
                     stats["update_entropy"] = (entropy_BT.detach() * loss_mask_BT[micro]).sum() / loss_mask_BT[micro].sum().clamp(min=1)

@@ -62,7 +62,7 @@ from align.losses.policy import (
     AdaptiveKLController, FixedKLController, gae_advantages, masked_mean, masked_whiten, per_token_rewards,
     ppo_policy_loss, ppo_value_loss,
 )
-from align.memory import memory_by_role, memory_report, peak_bytes
+from align.memory import memory_by_role, memory_phase, memory_report, peak_bytes
 from align.shared_base import SharedBase
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
@@ -107,7 +107,8 @@ def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: Reci
     values = []
     for start in range(0, len(samples), cfg.rollout.forward_batch_size):
         part = slice(start, start + cfg.rollout.forward_batch_size)
-        values.append(response_values(base, samples.input_ids_BL[part], samples.attention_mask_BL[part], P))
+        with memory_phase("values"):
+            values.append(response_values(base, samples.input_ids_BL[part], samples.attention_mask_BL[part], P))
     old_values_BT = torch.where(mask_BT, torch.cat(values).float(), 0.0)
     rollout = gather_rollout(accelerator, samples, base.tokenizer.pad_token_id, old_values_BT=old_values_BT)
     mask_BT = rollout["response_mask_BT"].bool()
@@ -256,13 +257,15 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                 minibatch = order[start : start + ppo.minibatch_size]
                 share = minibatch[run.rank * local_minibatch : (run.rank + 1) * local_minibatch]
                 batch = exp.rows(share)
-                loss, stats = ppo_minibatch_loss(base, batch, cfg)
+                with memory_phase("update/forward"):
+                    loss, stats = ppo_minibatch_loss(base, batch, cfg)
                 # The losses are token means over this process's share; weighted by its share of
                 # the minibatch's tokens (x world: all_reduce_gradients averages), the processes'
                 # gradients average to the gradient of the token mean over the whole minibatch.
                 tokens = float(batch["response_mask_BT"].sum())
                 weight = run.world * tokens / max(float(exp.response_mask_BT[minibatch].sum()), 1.0) if run.world > 1 else 1.0
-                (loss * weight).backward()
+                with memory_phase("update/backward"):
+                    (loss * weight).backward()
                 all_reduce_gradients(params, acc)
                 grad_norms.append(clip_and_step(params, optimizer, scheduler, cfg.optimizer.max_grad_norm, acc))
                 for k, v in stats.items():  # token means too: weighted alike, they average to the minibatch's

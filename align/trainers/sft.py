@@ -26,7 +26,7 @@ from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, 
 from align.data.loading import SkipCounter, load_examples
 from align.logprobs import token_logprobs
 from align.lora import peft_lora_config
-from align.memory import count_parameters
+from align.memory import count_parameters, memory_phase
 from align.models import load_model_and_tokenizer
 from align.modes import eval_mode
 from align.trainers.common import (
@@ -125,11 +125,13 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
             batch = {key: v.to(acc.device) for key, v in batch.items()}
             sync = k == micro_batches_per_step - 1
             with (acc.no_sync(ddp_model) if (ddp_model is not model and not sync) else nullcontext()):
-                logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                nll, _ = causal_lm_nll_sum(logits, batch["labels"])
+                with memory_phase("update/forward"):
+                    logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    nll, _ = causal_lm_nll_sum(logits, batch["labels"])
                 # DDP averages gradients over processes, so scale by world size to get the
                 # gradient of (sum of token NLL over the global batch) / (global target tokens).
-                acc.backward(nll * run.world / global_tokens)
+                with memory_phase("update/backward"):
+                    acc.backward(nll * run.world / global_tokens)
             nll_total += nll.detach()
         if run.sharded:
             all_reduce_gradients(params, acc)
