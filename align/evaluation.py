@@ -12,8 +12,8 @@ the same prompts for every model) and generates twice with `align.rollout.genera
     mean_response_length mean number of sampled response tokens (EOS included)
     no_stop_fraction     fraction of sampled responses that hit `max_new_tokens` without EOS
 
-and whatever the task's own `extra_metrics(model, tokenizer)` adds (`facts`: `bits_per_fact`
-and `recall` on all its facts, `align.tasks.facts.memorisation_metrics`).
+and whatever `EXTRA_METRICS` adds for the task (`facts`: `bits_per_fact` and `recall` on all its
+facts, `align.memorisation.memorisation_metrics`).
 
 With a `samples` list it also hands back the sampled completions themselves (for samples.jsonl,
 wandb tables and `align report`); the metrics are the same with or without it.
@@ -29,7 +29,14 @@ from __future__ import annotations
 import torch
 
 from align.data.prompts import render_prompts
+from align.memorisation import memorisation_metrics
 from align.rollout import generate
+from align.tasks import get_task
+
+# Metrics that run the model, beside the ones below, by task name: a task itself runs no model.
+EXTRA_METRICS = {
+    "facts": lambda task, model, tokenizer: memorisation_metrics(model, tokenizer, task.num_facts, task.world),
+}
 
 
 def evaluate_task(
@@ -56,8 +63,6 @@ def evaluate_task(
     prompts as the task wrote them.
     """
     if isinstance(task, str):
-        from align.tasks import get_task
-
         task = get_task(task)
     rows = task.prompts(split, n, seed)
     prompts = [row["prompt"] for row in rows]
@@ -80,8 +85,8 @@ def evaluate_task(
         for i, prompt in enumerate(prompts):
             samples.append({"prompt": prompt, "response": sampled.texts[i], "reward": float(correct_sampled[i]),
                             "gold": float(gold_sampled[i]), "length": int(lengths[i]), "stopped": bool(stopped[i])})
-    # A task's own metrics beside these (`facts`: bits per fact and recall on all its facts).
-    extra = task.extra_metrics(model, tokenizer) if hasattr(task, "extra_metrics") else {}
+    # Metrics of the task that run the model (`facts`: bits per fact and recall on all its facts).
+    extra = EXTRA_METRICS[task.name](task, model, tokenizer) if task.name in EXTRA_METRICS else {}
     return {
         **extra,
         "accuracy_greedy": mean(task.correct(greedy.texts, answers)),

@@ -22,7 +22,8 @@ What it does:
 - `gather_logprobs(logits_..V, labels_...)`: log p(label) = `logit[label] - logsumexp(logits)`,
   one batch row at a time for 3-D input, so no full (B, T, V) log-softmax copy is made;
 - `reduce_logprobs` / `sum_and_mean_logprobs` / `sequence_logprob_sums`: per-sequence reductions;
-- `position_ids_from_mask`, `last_token_index`: padding-aware positions and last tokens.
+- `position_ids_from_mask`: padding-aware positions (the last real token of a mask and the
+  entropy of logits are `align.tensors`' `last_token_index` and `entropy_from_logits`).
 
 Alignment convention (used across the toolkit): every (B, T) tensor is aligned with `input_ids_BT`.
 `target_mask_BT[b, t] = 1` means token t of row b is a target (completion) token whose log-prob
@@ -43,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from align.distributed import causal_lm, final_hidden_states_of_sharded, is_sharded
+from align.tensors import entropy_from_logits
 
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -74,18 +76,6 @@ def position_ids_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     right-padded one (the formula of transformers' generation: cumsum - 1, padding set to 1)."""
     position_ids_BT = attention_mask_BT.long().cumsum(-1) - 1
     return position_ids_BT.masked_fill(attention_mask_BT == 0, 1)
-
-
-def last_token_index(mask_BT: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of a mask (the last real token of an attention mask, the
-    last response token of a response mask); right and left padding both work. A row without a 1
-    is a ValueError."""
-    T = mask_BT.shape[1]
-    positions_BT = torch.arange(T, device=mask_BT.device).expand_as(mask_BT)
-    index_B = torch.where(mask_BT.bool(), positions_BT, -1).max(dim=1).values
-    if (index_B < 0).any():
-        raise ValueError("a row of the mask has no 1: every row needs at least one response token (of an attention mask: one real token)")
-    return index_B
 
 
 def reduce_logprobs(token_logps_BT: torch.Tensor, completion_mask_BT: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -341,8 +331,6 @@ def token_logprobs(
     `chunk_bytes`: float32 logits computed at once (`chunk_rows`); when the target tokens' logits
     exceed it they go through the head in chunks (`chunked_head_logprobs`), else in one piece.
     Gradients flow into the log-probs (not the entropies) when the caller's grad mode allows."""
-    from align.losses.policy import entropy_from_logits
-
     # The hidden state / logits at t predict token t + 1, so token t + 1 counts when it is a real
     # target token AND position t is real (the first real token of a left-padded row has no prediction).
     target_BT1 = (target_mask_BT[:, 1:] * attention_mask_BT[:, 1:] * attention_mask_BT[:, :-1]).bool()

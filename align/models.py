@@ -1,19 +1,20 @@
 """Model and tokenizer loading: built-in bases, Hugging Face ids and local paths, one code path.
 Loading never trains: building a base is an explicit step (`align build-base`, or `align train`
-before its run; `align.build_base.ensure_builtin_base`).
+before its run; `align.build_base.ensure_builtin_base`), and nothing here imports it.
 
 `scratch:<size>` (`tiny-arith` or `test`) is a deterministic random init of that size with the
 built-in tokenizer: what the base is pretrained from, and a fast model for tests.
 `builtin:tiny-arith` names the toolkit's own tiny Llama-style base. Its weights ship inside the
 package (`align/tasks/bases/tiny-arith/`, 2.3 MB, sha256 in its BUILD_INFO.json), so every
 machine starts from exactly the base the README's figures were measured on: rebuilding it from
-its recipe is not bit-reproducible across CPUs (see `align.build_base`). When the shipped files
+its recipe is not bit-reproducible across CPUs (see `align.build_base`). Where the bases live and
+whether one is loadable is `align.builtin_bases`. When the shipped files
 are missing, or were built by another recipe than the current one, it loads the build from the
 current recipe under `$ALIGN_HOME/bases/` (default `~/.cache/align/bases/`) if there is one, and
 otherwise stops with one error line saying to run `align build-base` (`align train` runs that
 build itself before it starts). The first load on a machine also evaluates the base once (no
 training) and warns when it is outside its expected quality band
-(`align.build_base.check_base_quality`).
+(`align.base_quality.check_base_quality`).
 `builtin:smollm2-135m-instruct` is a real pretrained chat model, fetched once into `$ALIGN_HOME`
 (`align.fetched_bases`; loading never fetches). A local `.gguf` file is read dequantized in the
 recipe's dtype (`align.gguf_io`).
@@ -23,24 +24,15 @@ network) or a local folder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from align.base_quality import check_base_quality
+from align.builtin_bases import loadable_base_path, scratch_model_dir
 from align.fetched_bases import FETCHED_BASES, fetched_base_path
 from align.gguf_io import is_gguf_path, load_gguf, load_gguf_tokenizer
-from align.home import align_home
+from align.tasks import BUILTIN_BASES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def builtin_base_dir(name: str) -> Path:
-    return align_home() / "bases" / name.split(":", 1)[1]
-
-
-def shipped_base_dir(name: str) -> Path:
-    """Where the package keeps the shipped weights of built-in base `name`."""
-    return Path(__file__).resolve().parent / "tasks" / "bases" / name.split(":", 1)[1]
 
 
 def resolve_model_path(name: str) -> str:
@@ -49,19 +41,13 @@ def resolve_model_path(name: str) -> str:
     if name in FETCHED_BASES:
         return fetched_base_path(name)  # never fetches: `align fetch-base` / `align train` do
     if name.startswith("builtin:"):
-        from align.tasks import BUILTIN_BASES
-
         if name not in BUILTIN_BASES:
             raise ValueError(f"unknown built-in base {name!r}; known: {sorted(BUILTIN_BASES)}")
-        from align.build_base import check_base_quality, loadable_base_path
-
         path = loadable_base_path(name)
         check_base_quality(name, path)  # evaluates once per machine; trains nothing
         return path
     if name.startswith("scratch:"):
         # A random init of a built-in size with the built-in tokenizer (base building, tests).
-        from align.build_base import scratch_model_dir
-
         return scratch_model_dir(name.split(":", 1)[1])
     return name
 

@@ -37,17 +37,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from align.builtin_bases import loadable_base_path
+from align.checkpoint import latest_checkpoint
 from align.config import (
     ON_POLICY_METHODS, ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists, reward_spec,
 )
 from align.fetched_bases import FETCHED_BASES, fetched_base_path
 from align.gguf_io import gguf_config, is_gguf_path, require_gguf
+from align.lora import TARGET_PRESETS, resolve_target_modules
+from align.role_helpers import HEAD_FILE, hidden_size
+from align.tasks import BUILTIN_BASES
+from align.tasks.base_model import MODEL_SIZES, tiny_llama_config
 from align.tasks.onpolicy_pairs import PAIR_SOURCES, not_built_message
 from align.tasks.onpolicy_pairs import is_built as pairs_built
+from align.tasks.tokenizer import build_tokenizer
 
 _TRUE = {"1", "on", "yes", "true"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-_HEAD_FILE = "head.safetensors"  # align.role_helpers.HEAD_FILE (not imported: it pulls in torch)
 
 
 def preflight(cfg: RecipeConfig) -> RecipeConfig:
@@ -149,20 +155,14 @@ def _check_model(name: str) -> None:
         require_gguf()
         return
     if name.startswith("builtin:"):
-        from align.tasks import BUILTIN_BASES
-
         if name not in BUILTIN_BASES:
             raise ConfigError(f"model: unknown built-in base {name!r}; built-in bases: {sorted([*BUILTIN_BASES, *FETCHED_BASES])}")
-        from align.build_base import loadable_base_path
-
         try:  # loading never builds: say so before the run writes anything
             loadable_base_path(name)
         except ConfigError as err:
             raise ConfigError(f"model: {err}") from None
         return
     if name.startswith("scratch:"):
-        from align.tasks.base_model import MODEL_SIZES
-
         if name.split(":", 1)[1] not in MODEL_SIZES:
             raise ConfigError(f"model: unknown scratch size {name!r}; sizes: {sorted('scratch:' + s for s in MODEL_SIZES)}")
         return
@@ -198,8 +198,6 @@ def _check_output_dir(cfg: RecipeConfig) -> None:
     """`resume: true` needs a checkpoint; a fresh run must not land in another run's folder."""
     if cfg.output_dir is None:
         return  # a fresh folder under runs/ (resume without output_dir is refused by load_recipe)
-    from align.checkpoint import latest_checkpoint
-
     run_dir = Path(cfg.output_dir)
     if path_exists(run_dir, "output_dir") and not run_dir.is_dir():
         raise ConfigError(f"output_dir: {run_dir} is a file, not a run folder")
@@ -226,10 +224,6 @@ def _meta_model(name: str) -> Any:
         elif is_gguf_path(name):
             config = gguf_config(name)
         elif name.startswith(("builtin:", "scratch:")):
-            from align.tasks import BUILTIN_BASES
-            from align.tasks.base_model import tiny_llama_config
-            from align.tasks.tokenizer import build_tokenizer
-
             size = BUILTIN_BASES[name].config_size if name.startswith("builtin:") else name.split(":", 1)[1]
             config = tiny_llama_config(len(build_tokenizer()), size)
         elif Path(name).is_dir():
@@ -307,9 +301,7 @@ def _full_misfit(folder: Path, model: Any, key: str) -> str | None:
 
 
 def _head_misfit(folder: Path, model: Any, key: str) -> str | None:
-    from align.role_helpers import hidden_size
-
-    width = _safetensors_shapes(folder / _HEAD_FILE, key).get("weight", (0, 0))[-1]
+    width = _safetensors_shapes(folder / HEAD_FILE, key).get("weight", (0, 0))[-1]
     hidden = hidden_size(model)
     return None if width == hidden else f"its scalar head reads {width} features, the model's hidden size is {hidden}"
 
@@ -325,10 +317,10 @@ def _check_saved_role(cfg: RecipeConfig, key: str, role: str, recipe_model) -> N
         raise ConfigError(f"{key}: {path} is a file; {key} takes a folder")
     folder = path
     if role == "reward":  # a reward-model run folder, or its reward/ folder (reward_models.learned)
-        found = [d for d in (path, path / "reward") if (d / _HEAD_FILE).is_file()]
+        found = [d for d in (path, path / "reward") if (d / HEAD_FILE).is_file()]
         if not found:
-            raise ConfigError(f"{key}: {path} is neither a reward-model run folder (with reward/{_HEAD_FILE}) nor a saved "
-                              f"reward role (with {_HEAD_FILE}); train one with `align train recipes/rm_lora.yaml`")
+            raise ConfigError(f"{key}: {path} is neither a reward-model run folder (with reward/{HEAD_FILE}) nor a saved "
+                              f"reward role (with {HEAD_FILE}); train one with `align train recipes/rm_lora.yaml`")
         folder = found[0]
     needed, other = ("adapter_config.json", "config.json") if cfg.mode == "lora" else ("config.json", "adapter_config.json")
     role_file = folder / "align_role.json"
@@ -348,7 +340,7 @@ def _check_saved_role(cfg: RecipeConfig, key: str, role: str, recipe_model) -> N
     model = recipe_model()
     if model is not None:
         problem = (_adapter_misfit(folder, saved, model, key) if cfg.mode == "lora" else _full_misfit(folder, model, key))
-        if problem is None and (folder / _HEAD_FILE).is_file():
+        if problem is None and (folder / HEAD_FILE).is_file():
             problem = _head_misfit(folder, model, key)
         if problem is not None:
             raise ConfigError(f"{key}: {folder} was trained on another base model ({saved_base or 'not recorded'}) than "
@@ -373,8 +365,6 @@ def _target_preset(targets: Any, model: Any) -> str | None:
     preset matches; None when it cannot be told (model unknown, targets not an explicit list)."""
     if model is None or not isinstance(targets, list):
         return None
-    from align.lora import TARGET_PRESETS, resolve_target_modules
-
     for preset in TARGET_PRESETS:
         try:
             if set(resolve_target_modules(model, preset)) == set(targets):

@@ -73,13 +73,14 @@ import torch.nn as nn
 
 from align.compat import enable_activation_checkpointing
 from align.config import LoraSettings
-from align.logprobs import DEFAULT_LOGPROB_CHUNK_BYTES, TokenLogProbs, final_hidden_states, last_token_index, sum_and_mean_logprobs, token_logprobs
+from align.logprobs import DEFAULT_LOGPROB_CHUNK_BYTES, TokenLogProbs, final_hidden_states, sum_and_mean_logprobs, token_logprobs
 from align.lora import peft_lora_config
 from align.modes import eval_mode
 from align.role_helpers import (
     HEAD_FILE, CheckpointContextFn, check_readout, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
     save_head,
 )
+from align.tensors import last_token_index
 
 ROLES = ("policy", "reference", "reward", "value")
 MODES = ("lora", "full")

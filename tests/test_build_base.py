@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import align.build_base as build
+import align.builtin_bases as bases
 import align.models as models
 import align.trainers.sft as sft
 from align.cli import main
@@ -44,6 +45,7 @@ def fast_recipe(tmp_path, monkeypatch):
 def test_loading_an_unbuilt_base_is_one_error_line_and_trains_nothing(fast_recipe, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(sft, "train_sft", _must_not_train)
+        m.setattr(build, "train_sft", _must_not_train)
         m.setattr(build, "build_into", _must_not_train)
         with pytest.raises(ConfigError) as err:
             load_model_and_tokenizer(NAME)
@@ -54,7 +56,7 @@ def test_loading_an_unbuilt_base_is_one_error_line_and_trains_nothing(fast_recip
 
     # Shipped weights that are missing say so.
     with monkeypatch.context() as m:
-        m.setattr(models, "shipped_base_dir", lambda name: fast_recipe.parent / "nothing-here")
+        m.setattr(bases, "shipped_base_dir", lambda name: fast_recipe.parent / "nothing-here")
         with pytest.raises(ConfigError, match="shipped weights are missing from .*align build-base"):
             models.resolve_model_path(NAME)
 
@@ -82,6 +84,7 @@ def test_the_explicit_build_is_deterministic_cached_and_keeps_the_callers_thread
     stamp = (fast_recipe / "model.safetensors").stat().st_mtime_ns
     with monkeypatch.context() as m:
         m.setattr(sft, "train_sft", _must_not_train)
+        m.setattr(build, "train_sft", _must_not_train)
         m.setattr(build, "build_into", _must_not_train)
         assert models.resolve_model_path(NAME) == path
         model, tokenizer = load_model_and_tokenizer(NAME)

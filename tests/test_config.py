@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from align.build_base import BASE_RECIPES
+from align.builtin_bases import BASE_RECIPES
 from align.config import ConfigError, RecipeConfig, describe, load_recipe
 
 

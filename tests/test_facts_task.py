@@ -26,7 +26,8 @@ import torch
 
 from align.config import ConfigError, load_recipe
 from align.tasks import FactsTask, get_task, task_for
-from align.tasks.facts import CONTENT_BITS, WORLD, FactsWorld, fact_prompts, fact_rows, facts, is_recalled, memorisation_metrics
+from align.memorisation import memorisation_metrics
+from align.tasks.facts import CONTENT_BITS, WORLD, FactsWorld, fact_prompts, fact_rows, facts, is_recalled
 
 # the `tokenizer` and `tiny_model` fixtures (the built-in tokenizer, a random tiny Llama) are conftest's
 

@@ -12,13 +12,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from align.logprobs import (
     gather_logprobs,
-    last_token_index,
     position_ids_from_mask,
     reduce_logprobs,
     sequence_logprob_sums,
     token_logprobs,
     transforms_logits,
 )
+from align.tensors import last_token_index
 
 torch.set_num_threads(1)
 

@@ -14,14 +14,12 @@ from align.losses.policy import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
     explained_variance,
     gae_advantages,
     get_kl_estimator,
     kl_k1,
     kl_k2,
     kl_k3,
-    last_token_index,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -29,6 +27,7 @@ from align.losses.policy import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from align.tensors import entropy_from_logits, last_token_index
 
 NAN, INF = float("nan"), float("inf")
 

@@ -3,7 +3,7 @@
 - `preference`: Bradley-Terry (reward models) and the DPO family (`PREFERENCE_LOSSES`:
   sigmoid, ipo, hinge, simpo).
 - `policy`: PPO pieces (masked statistics, KL estimators `KL_ESTIMATORS`, per-token rewards, GAE,
-  clipped policy and value losses, entropy, KL controllers).
+  clipped policy and value losses, KL controllers; the entropy of logits is `align.tensors`).
 - `grpo`: critic-free RL (group advantages `ADVANTAGE_ESTIMATORS`, clip-higher surrogate + KL,
   `LOSS_AGGREGATIONS` over `LossDenominators`, `grpo_loss`).
 
@@ -25,14 +25,12 @@ from align.losses.policy import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
     explained_variance,
     gae_advantages,
     get_kl_estimator,
     kl_k1,
     kl_k2,
     kl_k3,
-    last_token_index,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -61,7 +59,6 @@ __all__ = [
     "LossDenominators",
     "bradley_terry_loss",
     "dpo_sigmoid_loss",
-    "entropy_from_logits",
     "explained_variance",
     "gae_advantages",
     "get_kl_estimator",
@@ -74,7 +71,6 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
-    "last_token_index",
     "masked_mean",
     "masked_var",
     "masked_whiten",

@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from align.logprobs import last_token_index  # the one definition, used by per_token_rewards
+from align.tensors import last_token_index
 
 Stats = dict[str, torch.Tensor]
 
@@ -253,18 +252,6 @@ def explained_variance(values_BT: torch.Tensor, returns_BT: torch.Tensor, mask_B
     var_residual = masked_var(returns_BT - values_BT, mask_BT, unbiased=False)
     ev = 1.0 - var_residual / var_returns
     return torch.where(var_returns == 0, torch.full_like(ev, float("nan")), ev)
-
-
-def entropy_from_logits(logits_BTV: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of the softmax over the last axis: H = -sum_v p_v log p_v.
-
-    Computed in float32; logits of -inf (masked vocabulary) contribute 0 (0 log 0 = 0).
-    Memory: materialises a float32 (B, T, V) tensor; call it under no_grad when it is only a stat.
-    """
-    logp_BTV = F.log_softmax(logits_BTV, dim=-1, dtype=torch.float32)
-    p_BTV = logp_BTV.exp()
-    # 0 * log 0 = 0: replace -inf log-probs (p = 0) before multiplying, NaN-free in both directions
-    return -(p_BTV * torch.where(p_BTV > 0, logp_BTV, 0.0)).sum(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ What it does:
   `.pretrain_corpus(n, seed)` -> `["Q: 23+45=? A: 68", ...]` (the one corpus of the shared world),
   `.score(prompts, completions, answers)` -> `list[float]` (exact correctness for `arithmetic`,
   the gold score for `preference`, exact recall for `facts`) and `.correct(completions, answers)`
-  -> `list[bool]`. A task may add `.extra_metrics(model, tokenizer)` -> `dict[str, float]`,
-  which `align.evaluation.evaluate_task` reports beside its own (`facts`: bits per fact and
-  recall on all N facts). Completions never contain EOS: trainers append `tokenizer.eos_token_id`.
+  -> `list[bool]`. A task runs no model: metrics that do (`facts`: bits per fact and recall on
+  all N facts, `align.memorisation`) are `align.evaluation.EXTRA_METRICS`, by task name.
+  Completions never contain EOS: trainers append `tokenizer.eos_token_id`.
 - `facts` is memorisation (`align.tasks.facts`): N random key -> value facts; every split is the
   same N facts (`n` of `sft_rows` is not used; `prompts` gives the first min(n, N));
   `preference_rows` and `pretrain_corpus` raise (nothing meaningful to give).
@@ -113,10 +113,6 @@ class FactsTask:
     def score(self, prompts: list[str], completions: list[str], answers: list[str]) -> list[float]:
         del prompts
         return [float(ok) for ok in self.correct(completions, answers)]
-
-    def extra_metrics(self, model, tokenizer) -> dict[str, float]:
-        """`bits_per_fact` (the training loss on all facts, in bits) and greedy `recall`."""
-        return facts.memorisation_metrics(model, tokenizer, self.num_facts, self.world)
 
 
 @dataclass(frozen=True)

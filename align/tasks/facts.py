@@ -11,10 +11,8 @@ What it does:
 - `fact_rows` (the SFT rows: every fact, whatever the split: the task is memorisation, so the
   training set and the evaluation set are the same N facts), `fact_prompts` (`{"prompt",
   "answer"}` of the first n facts), `is_recalled` (exact recall: the completion is the value);
-- `memorisation_metrics(model, tokenizer, facts)`: on all N facts, teacher-forced
-  `bits_per_fact` (the training loss in bits: the sum over the value tokens and EOS of
-  -log2 p, averaged over facts, from `align.logprobs.token_logprobs`) and `recall` (the fraction
-  of facts whose greedy completion is exactly the value, then EOS, from `align.rollout.generate`).
+- what a model knows of the facts (`bits_per_fact` and `recall`) is measured above the tasks, in
+  `align.memorisation.memorisation_metrics`: a task makes rows and scores them, it runs no model.
 
 The information content of a fact is exact: its value is `value_digits` uniform random digits,
 `CONTENT_BITS = value_digits * log2(10)` (39.86 bits for 12 digits). A model that knows the format
@@ -37,8 +35,6 @@ import functools
 import math
 import random
 from dataclasses import dataclass
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -95,36 +91,3 @@ def fact_prompts(num_facts: int, n: int, world: FactsWorld = WORLD) -> list[dict
 def is_recalled(completion: str, answer: str) -> bool:
     """Exact recall: the completion (surrounding whitespace aside) is the value, nothing more."""
     return completion.strip() == str(answer)
-
-
-@torch.no_grad()
-def memorisation_metrics(model: torch.nn.Module, tokenizer, num_facts: int, world: FactsWorld = WORLD,
-                         batch_size: int = 256) -> dict[str, float]:
-    """`bits_per_fact` and `recall` of `model` on all `num_facts` facts (module docstring).
-
-    bits_per_fact = mean over facts of sum_{t in value tokens + EOS} -log2 p(token_t | key, value_<t),
-    in eval mode (the training loss on the facts, without dropout); recall = the fraction of facts
-    whose greedy completion is the value followed by EOS.
-    """
-    from align.data.batching import IGNORE_INDEX, collate_sft
-    from align.data.loading import SFTExample, encode_completion, encode_prompt
-    from align.logprobs import sequence_logprob_sums, token_logprobs
-    from align.modes import eval_mode
-    from align.rollout import generate
-
-    rows = fact_rows(num_facts, world)
-    examples = [SFTExample(encode_prompt(tokenizer, r["prompt"]), encode_completion(tokenizer, r["completion"])) for r in rows]
-    device = next(model.parameters()).device
-    nats = 0.0
-    with eval_mode(model):
-        for i in range(0, len(examples), batch_size):
-            batch = collate_sft(examples[i : i + batch_size], tokenizer.pad_token_id, completion_only=True)
-            input_ids_BT, attention_mask_BT = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            target_BT = (batch["labels"] != IGNORE_INDEX).long().to(device)  # value tokens and EOS
-            token_logps_BT = token_logprobs(model, input_ids_BT, attention_mask_BT, target_BT).logps_BT
-            nats -= float(sequence_logprob_sums(token_logps_BT, target_BT).sum())
-    greedy = generate(model, tokenizer, [r["prompt"] for r in rows], world.value_digits + 1, do_sample=False,
-                      batch_size=batch_size, progress=False)
-    recalled = [is_recalled(text, r["completion"]) and bool(stopped)
-                for text, r, stopped in zip(greedy.texts, rows, greedy.stopped_B.tolist(), strict=True)]
-    return {"bits_per_fact": nats / math.log(2) / len(rows), "recall": sum(recalled) / len(rows)}
