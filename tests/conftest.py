@@ -26,15 +26,24 @@ def repo() -> Path:
 
 @pytest.fixture(scope="module")
 def parity():
-    """scripts/parity.py imported as the module `parity` (the study definitions and helpers)."""
+    """scripts/studies/parity.py imported as the module `parity` (the study definitions and helpers)."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "parity.py")
+    spec = importlib.util.spec_from_file_location("parity", REPO / "scripts" / "studies" / "parity.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["parity"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def sweep(parity):
+    """scripts/studies/sweep.py, the engine every study runs on: the very module parity.py imported
+    (so its Study and Configuration are the classes of parity's STUDIES)."""
+    import sys
+
+    return sys.modules["sweep"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,7 @@ def tiny_model(tokenizer):
 
 
 def parity_smoke(repo: Path, tmp_path: Path, method: str) -> tuple[list[dict], Path, Path]:
-    """`scripts/parity.py METHOD --smoke` into tmp_path: its table rows, the one run's summary.json,
+    """`scripts/studies/parity.py METHOD --smoke` into tmp_path: its table rows, the one run's summary.json,
     and the output folder, after checking the run succeeded and wrote its table and plots."""
     import csv
     import subprocess
@@ -65,7 +74,7 @@ def parity_smoke(repo: Path, tmp_path: Path, method: str) -> tuple[list[dict], P
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "scripts/parity.py", method, "--smoke", "--jobs", "1", "--runs-dir", str(runs), "--out", str(out)],
+        [sys.executable, "scripts/studies/parity.py", method, "--smoke", "--jobs", "1", "--runs-dir", str(runs), "--out", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

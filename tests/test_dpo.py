@@ -158,7 +158,7 @@ def test_zero_learning_rate_keeps_policy_equal_to_reference(tmp_path, mode):
 
 def test_frozen_embeddings_ablation_freezes_exactly_embeddings_and_head(tmp_path, repo):
     proc = subprocess.run(
-        [sys.executable, "scripts/dpo_frozen_embeddings.py", "--seeds", "0", "--runs-dir", str(tmp_path),
+        [sys.executable, "scripts/studies/dpo_frozen_embeddings.py", "--seeds", "0", "--runs-dir", str(tmp_path),
          "--override", "model=scratch:test", "train.steps=1", "train.batch_size=8", "data.num_train=16",
          "data.num_eval=8", "eval.num_prompts=4", "eval.max_new_tokens=3", "train.eval_every=0"],
         cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},

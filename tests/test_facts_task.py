@@ -1,4 +1,4 @@
-"""The memorisation task `facts` and the capacity study of the atlas (scripts/atlas_capacity.py).
+"""The memorisation task `facts` and the capacity study of the atlas (scripts/studies/atlas_capacity.py).
 
 Facts: determinism, distinct keys, the built-in tokenizer's round trip, bits per fact against a
 hand computation (a model with a zero LM head predicts the uniform distribution, so every target
@@ -152,11 +152,11 @@ def test_config_num_facts_is_validated_and_reaches_the_task(tokenizer):
 
 
 def _capacity_module(repo):
-    sys.path.insert(0, str(repo / "scripts"))
+    sys.path.insert(0, str(repo / "scripts" / "studies"))
     try:
         return importlib.import_module("atlas_capacity")
     finally:
-        sys.path.remove(str(repo / "scripts"))
+        sys.path.remove(str(repo / "scripts" / "studies"))
 
 
 def test_capacity_study_is_well_formed(repo):
@@ -197,7 +197,7 @@ def test_departures_use_the_margin(repo):
 def test_capacity_smoke_runs_and_draws(tmp_path, repo):
     out, runs = tmp_path / "out", tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "scripts/atlas_capacity.py", "--smoke", "--runs-dir", str(runs), "--out", str(out)],
+        [sys.executable, "scripts/studies/atlas_capacity.py", "--smoke", "--runs-dir", str(runs), "--out", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

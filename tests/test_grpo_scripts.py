@@ -1,5 +1,5 @@
-"""The GRPO comparison scripts: `scripts/bench_grpo.py --quick` (its exact last lines, equal
-completion lengths on every side) and `scripts/grpo_vs_trl.py --smoke` (its table files), each run as
+"""The GRPO comparison scripts: `scripts/benchmarks/bench_grpo.py --quick` (its exact last lines, equal
+completion lengths on every side) and `scripts/benchmarks/grpo_vs_trl.py --smoke` (its table files), each run as
 a user would (a subprocess that starts one process per case), and the table's arithmetic on made-up
 runs. The trainers themselves are tested elsewhere (tests/test_grpo.py, tests/test_grpo_trl_oracle.py).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "benchmarks"))
 import grpo_vs_trl  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -24,7 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.mark.slow
 def test_bench_grpo_quick_prints_the_three_ratios(repo, tmp_path):
-    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bench_grpo.py"), "--quick", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "benchmarks" / "bench_grpo.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=ENV, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -41,7 +41,7 @@ def test_bench_grpo_quick_prints_the_three_ratios(repo, tmp_path):
 @pytest.mark.slow
 def test_grpo_vs_trl_smoke_writes_the_table(repo, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(repo / "scripts" / "grpo_vs_trl.py"), "--smoke", "--seeds", "0",
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "benchmarks" / "grpo_vs_trl.py"), "--smoke", "--seeds", "0",
                            "--lrs-ours", "1e-3", "--lrs-trl", "1e-3", "--out", str(out), "--work", str(tmp_path / "work")],
                           capture_output=True, text=True, env=ENV, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

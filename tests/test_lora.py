@@ -71,7 +71,7 @@ def test_unknown_preset_and_lr_rule():
 
 def test_measured_lr_ratios_are_the_atlas_measurements(repo):
     """MEASURED_LR_RATIOS are the per-method ratios in results/atlas/lr_rule.csv (written by
-    scripts/atlas.py from the parity studies), to 2 significant digits: re-measuring a study and
+    scripts/studies/atlas.py from the parity studies), to 2 significant digits: re-measuring a study and
     forgetting the table here fails."""
     import csv
 

@@ -1,4 +1,4 @@
-"""The replication-atlas studies of `scripts/parity.py` (issue 13): SFT parity (`sft`), batch size
+"""The replication-atlas studies of `scripts/studies/parity.py` (issue 13): SFT parity (`sft`), batch size
 (`sft_batch`), adapter placement at matched parameters (`sft_targets`, `grpo_targets`) and 1/r vs
 1/sqrt(r) scaling (`sft_rslora`). Well-formed grids and configurations, run folders shared between
 studies only where the command is the same, lower-is-better best-LR picking (SFT's loss) on a
@@ -14,22 +14,22 @@ import pytest
 
 ATLAS = ("sft", "sft_batch", "sft_targets", "grpo_targets", "sft_rslora")
 
-# the `parity` fixture (scripts/parity.py as a module) is conftest's
+# the `parity` fixture (scripts/studies/parity.py as a module) is conftest's
 
 
 def _span_ok(lrs: list[float], points: int, span: float) -> bool:
     return len(lrs) >= points and max(lrs) / min(lrs) >= span - 1e-9 and lrs == sorted(lrs)
 
 
-def test_shared_run_folders_are_the_same_run(parity):
+def test_shared_run_folders_are_the_same_run(parity, sweep):
     """Every study, old and new: one run folder (runs dir + configuration-lr-seed) is one command."""
     commands: dict[tuple[str, str], tuple] = {}
     for method, study in parity.STUDIES.items():
         runs_dir = study.runs_dir or f"runs/parity_{method}"
         for c in study.configurations:
-            assert len({parity.lr_tag(lr) for lr in c.lrs}) == len(c.lrs), (method, c.name)
+            assert len({sweep.lr_tag(lr) for lr in c.lrs}) == len(c.lrs), (method, c.name)
             for lr in c.lrs:
-                key = (runs_dir, parity.run_name(c, lr, 0))
+                key = (runs_dir, sweep.run_name(c, lr, 0))
                 command = (study.recipe, tuple(study.overrides), tuple(c.overrides))
                 assert commands.setdefault(key, command) == command, (method, key)
     assert parity.STUDIES["grpo_targets"].runs_dir == "runs/parity_grpo"
@@ -114,36 +114,36 @@ def test_attention_rank_matches_the_parameters_of_all_at_rank_8(parity, repo):
     assert all(abs(r * per_rank - counts["lora_r8"]) >= abs(counts["lora_attention_r23"] - counts["lora_r8"]) for r in (22, 24))
 
 
-def test_lower_is_better_picks_the_lowest_loss(parity, tmp_path):
+def test_lower_is_better_picks_the_lowest_loss(sweep, tmp_path):
     """A hand-made table of losses: the best LR is the lowest seed mean, a NaN (diverged) LR is
     never the best, EDGE is judged on that pick, and the verdict says a lower loss beats FullFT."""
     scored = {1e-4: (0.050, 0.001), 3e-4: (0.031, 0.001), 1e-3: (0.040, 0.002), 3e-3: (math.nan, math.nan)}
-    assert parity.best_lr(scored, higher_is_better=False) == 3e-4
-    assert parity.best_lr(scored, higher_is_better=True) == 1e-4
-    assert parity.best_lr({1e-3: (math.nan, math.nan)}, higher_is_better=False) == 1e-3
+    assert sweep.best_lr(scored, higher_is_better=False) == 3e-4
+    assert sweep.best_lr(scored, higher_is_better=True) == 1e-4
+    assert sweep.best_lr({1e-3: (math.nan, math.nan)}, higher_is_better=False) == 1e-3
 
-    study = parity.Study(recipe="recipes/sft_lora.yaml", overrides=[], metric="loss", metric_label="loss",
+    study = sweep.Study(recipe="recipes/sft_lora.yaml", overrides=[], metric="loss", metric_label="loss",
                          higher_is_better=False, seeds=[0, 1], configurations=[
-                             parity.Configuration("full", ["mode=full"], [1e-4, 3e-4, 1e-3]),
-                             parity.Configuration("lora_r8", ["mode=lora"], [1e-3, 3e-3, 1e-2])])
+                             sweep.Configuration("full", ["mode=full"], [1e-4, 3e-4, 1e-3]),
+                             sweep.Configuration("lora_r8", ["mode=lora"], [1e-3, 3e-3, 1e-2])])
     losses = {("full", 1e-4): (0.06, 0.062), ("full", 3e-4): (0.040, 0.041), ("full", 1e-3): (0.05, 0.05),
               ("lora_r8", 1e-3): (0.09, 0.08), ("lora_r8", 3e-3): (0.05, 0.051), ("lora_r8", 1e-2): (0.030, 0.031)}
     for c in study.configurations:
         for lr in c.lrs:
             for seed, loss in zip(study.seeds, losses[c.name, lr]):
-                run = tmp_path / "runs" / parity.run_name(c, lr, seed)
+                run = tmp_path / "runs" / sweep.run_name(c, lr, seed)
                 run.mkdir(parents=True)
                 (run / "summary.json").write_text(json.dumps({
                     "eval_before": {"loss": 0.2}, "eval_after": {"loss": loss}, "peak_memory_bytes": 2**20,
                     "trainable_parameters": 10, "wall_time_s": 1.0}))
-    rows = {r["configuration"]: r for r in parity.collect(study, study.configurations, study.seeds, tmp_path / "runs")}
+    rows = {r["configuration"]: r for r in sweep.collect(study, study.configurations, study.seeds, tmp_path / "runs")}
     assert (rows["full"]["best_lr"], rows["full"]["edge"]) == (3e-4, "")
     assert rows["full"]["metric_mean"] == pytest.approx(0.0405)
     assert (rows["lora_r8"]["best_lr"], rows["lora_r8"]["edge"]) == (1e-2, "EDGE")
     out = tmp_path / "out"
-    text = parity.write_tables(study, list(rows.values()), out, "hand-made", [])
+    text = sweep.write_tables(study, list(rows.values()), out, "hand-made", [])
     assert "the lowest seed mean" in text and "**EDGE**" in text
-    parity.write_study_json(study, list(rows.values()), out, "hand-made", [], tmp_path / "runs")
+    sweep.write_study_json(study, list(rows.values()), out, "hand-made", [], tmp_path / "runs")
     data = json.loads((out / "study.json").read_text())
     assert data["higher_is_better"] is False and data["verdict"][0].startswith("lora_r8 beats full")
 

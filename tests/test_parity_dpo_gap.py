@@ -1,4 +1,4 @@
-"""The DPO-gap studies of `scripts/parity.py` (issue 13): well-formed grids and configurations,
+"""The DPO-gap studies of `scripts/studies/parity.py` (issue 13): well-formed grids and configurations,
 run folders shared with the dpo study only where the run is the same, and a smoke run of each
 study's smallest configuration (1 LR, 1 seed, 3 steps on `scratch:test`) with its table and plots."""
 
@@ -9,18 +9,18 @@ import pytest
 
 GAP = ("dpo_gap_embed", "dpo_gap_lr", "dpo_gap_steps", "dpo_gap_batch")
 
-# the `parity` fixture (scripts/parity.py as a module) is conftest's
+# the `parity` fixture (scripts/studies/parity.py as a module) is conftest's
 
 
-def test_lr_tags_keep_grid_points_apart(parity):
-    assert parity.lr_tag(1e-3) == "1e-03" and parity.lr_tag(3e-4) == "3e-04"  # the dpo study's folders
-    assert parity.lr_tag(1.5e-3) == "1.5e-03" and parity.lr_tag(2e-3) == "2e-03"
+def test_lr_tags_keep_grid_points_apart(parity, sweep):
+    assert sweep.lr_tag(1e-3) == "1e-03" and sweep.lr_tag(3e-4) == "3e-04"  # the dpo study's folders
+    assert sweep.lr_tag(1.5e-3) == "1.5e-03" and sweep.lr_tag(2e-3) == "2e-03"
     for study in parity.STUDIES.values():
         for c in study.configurations:
-            assert len({parity.lr_tag(lr) for lr in c.lrs}) == len(c.lrs), c.name
+            assert len({sweep.lr_tag(lr) for lr in c.lrs}) == len(c.lrs), c.name
 
 
-def test_gap_studies_are_well_formed(parity, repo):
+def test_gap_studies_are_well_formed(parity, sweep, repo):
     from align.config import load_recipe
 
     dpo = parity.STUDIES["dpo"]
@@ -33,7 +33,7 @@ def test_gap_studies_are_well_formed(parity, repo):
             assert c.lrs == sorted(c.lrs) and (len(c.lrs) >= 3 or c.name == "full_steps120"), (method, c.name)
             load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])  # every key and value is valid
             for lr in c.lrs:  # one folder name, one command: a shared folder is the same run
-                name = parity.run_name(c, lr, 0)
+                name = sweep.run_name(c, lr, 0)
                 assert commands.setdefault(name, c.overrides) == c.overrides, name
         assert set(study.smoke_configurations) <= {c.name for c in study.configurations}, method
     embed = {c.name: c for c in parity.STUDIES["dpo_gap_embed"].configurations}

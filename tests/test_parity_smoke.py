@@ -1,4 +1,4 @@
-"""`scripts/parity.py dpo --smoke` end to end: 4 training processes (2 configurations x 2 LRs, 1
+"""`scripts/studies/parity.py dpo --smoke` end to end: 4 training processes (2 configurations x 2 LRs, 1
 seed, a few steps on `scratch:test`), then the table and both plots. About 30-60 s on 2 cores."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 def test_parity_smoke_writes_table_and_plots(tmp_path, repo):
     out, runs = tmp_path / "out", tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "scripts/parity.py", "dpo", "--smoke", "--runs-dir", str(runs), "--out", str(out)],
+        [sys.executable, "scripts/studies/parity.py", "dpo", "--smoke", "--runs-dir", str(runs), "--out", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_parity_smoke_writes_table_and_plots(tmp_path, repo):
 def test_studies_are_well_formed(repo):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("parity", repo / "scripts" / "parity.py")
+    spec = importlib.util.spec_from_file_location("parity", repo / "scripts" / "studies" / "parity.py")
     parity = importlib.util.module_from_spec(spec)
     sys.modules["parity"] = parity  # dataclasses look their module up there
     spec.loader.exec_module(parity)

@@ -143,8 +143,9 @@ def test_every_method_gives_a_page(method, overrides, tmp_path):
 
 def test_study_json_from_parity_round_trips(tmp_path):
     """parity.py's study.json (what `align report STUDY` reads), with a metric some runs lack (NaN)."""
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "scripts" / "studies"))
     import parity
+    import sweep
 
     rows = [{"configuration": name, "best_lr": lr, "edge": "", "metric_mean": mean, "metric_std": 0.01,
              "metric_before": 0.5, "seeds": 3, "peak_memory_mb": 100.0, "trainable_parameters": 10,
@@ -153,7 +154,7 @@ def test_study_json_from_parity_round_trips(tmp_path):
             for name, lr, mean in (("full", 1e-4, 0.8), ("lora_r8", 3e-4, 0.79))]
     study = parity.STUDIES["ppo"]
     (tmp_path / "table.csv").write_text("configuration\n")
-    parity.write_study_json(study, rows, tmp_path, "parity ppo", ["a note"], tmp_path / "runs")
+    sweep.write_study_json(study, rows, tmp_path, "parity ppo", ["a note"], tmp_path / "runs")
     data = json.loads((tmp_path / "study.json").read_text())
     assert data["verdict"] == [line for line in verdict(data["rows"])] and "lora_r8 matches full" in data["verdict"][0]
     page = build_report([tmp_path])

@@ -5,7 +5,7 @@ every plot must have drawn marks (its `data-drawn` count and SVG shapes) at a re
 full-page screenshot is saved. A control page with a deliberate error proves the check sees one.
 
 Skipped, with the reason, where no chromium binary is found (`apt-get install chromium`, or
-point $CHROMIUM at one). Driven by scripts/render_report.py (the DevTools protocol over a pipe:
+point $CHROMIUM at one). Driven by scripts/tools/render_report.py (the DevTools protocol over a pipe:
 standard library only).
 
 Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_report_browser.py` (about 10 s).
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts" / "tools"))
 import render_report  # noqa: E402
 
 pytestmark = pytest.mark.skipif(

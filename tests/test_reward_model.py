@@ -294,7 +294,7 @@ def test_recipe_runs_end_to_end(tmp_path, repo, recipe):
 def test_per_kind_script_agrees_with_the_trainers_own_evaluation(trained, repo):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rm_per_kind", repo / "scripts" / "rm_per_kind.py")
+    spec = importlib.util.spec_from_file_location("rm_per_kind", repo / "scripts" / "studies" / "rm_per_kind.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = module.per_kind_accuracy(Path(trained.run_dir))
@@ -307,7 +307,7 @@ def test_per_kind_script_agrees_with_the_trainers_own_evaluation(trained, repo):
 
 def test_probe_script_runs_on_a_tiny_model(repo):
     proc = subprocess.run(
-        [sys.executable, "scripts/rm_probe.py", "--model", "scratch:test", "--train", "64", "--eval", "32"],
+        [sys.executable, "scripts/studies/rm_probe.py", "--model", "scratch:test", "--train", "64", "--eval", "32"],
         cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -324,7 +324,7 @@ def test_probe_script_on_user_files(tmp_path, repo):
         with open(tmp_path / f"{split}.jsonl", "w") as f:
             for row in preference_pairs(split, n, seed=3):
                 f.write(json.dumps(row) + "\n")
-    command = [sys.executable, "scripts/rm_probe.py", "--model", "scratch:test", "--train-file", str(tmp_path / "train.jsonl"),
+    command = [sys.executable, "scripts/studies/rm_probe.py", "--model", "scratch:test", "--train-file", str(tmp_path / "train.jsonl"),
                "--eval-file", str(tmp_path / "eval.jsonl")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)

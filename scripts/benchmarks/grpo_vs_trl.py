@@ -1,8 +1,8 @@
 """Sample efficiency of our `grpo_lora` recipe against TRL's GRPOTrainer on the built-in task.
 
-    OMP_NUM_THREADS=1 python scripts/grpo_vs_trl.py                       # 3 LRs x 3 seeds x 2 sides
-    OMP_NUM_THREADS=1 python scripts/grpo_vs_trl.py --lrs-ours 1e-3 --lrs-trl 1e-3 --seeds 0 --steps 10
-    OMP_NUM_THREADS=1 python scripts/grpo_vs_trl.py --smoke --out /tmp/x  # 2 steps on scratch:test (tests)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/grpo_vs_trl.py                       # 3 LRs x 3 seeds x 2 sides
+    OMP_NUM_THREADS=1 python scripts/benchmarks/grpo_vs_trl.py --lrs-ours 1e-3 --lrs-trl 1e-3 --seeds 0 --steps 10
+    OMP_NUM_THREADS=1 python scripts/benchmarks/grpo_vs_trl.py --smoke --out /tmp/x  # 2 steps on scratch:test (tests)
 
 Every run is its OWN process (this script re-invoked with `--case`), one at a time, one torch
 thread, and starts from the same base (`builtin:tiny-arith`; `scratch:test` with --smoke):
@@ -48,10 +48,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from as_measured import GRPO_BEFORE_ISSUE11_TUNING  # noqa: E402 (this folder)
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder, also when imported (tests)
+sys.path.insert(0, str(REPO / "scripts" / "studies"))  # as_measured.py: the recipes the studies were measured with
+from as_measured import GRPO_BEFORE_ISSUE11_TUNING  # noqa: E402 (scripts/studies)
 from trl_timing import step_timer  # noqa: E402 (this folder)
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "grpo_lora.yaml"
 SMOKE = ["model=scratch:test", "data.num_train=64", "grpo.prompts_per_iteration=4", "grpo.group_size=4",
          "grpo.minibatch_size=8", "eval.num_prompts=16", "rollout.max_new_tokens=6"]
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"# Our grpo_lora vs TRL GRPOTrainer on {'scratch:test (smoke)' if args.smoke else 'builtin:tiny-arith'}\n\n"
               f"Each run: {args.steps} iterations = {summary['completions_per_run']} completions; sampled accuracy on the "
               f"held-out prompts after training (our `evaluate_task`), mean ± std over seeds. Command: "
-              f"`OMP_NUM_THREADS=1 python scripts/grpo_vs_trl.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
+              f"`OMP_NUM_THREADS=1 python scripts/benchmarks/grpo_vs_trl.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
               f"--lrs-ours {' '.join(f'{x:g}' for x in args.lrs_ours)} --lrs-trl {' '.join(f'{x:g}' for x in args.lrs_trl)}"
               f"{' --smoke' if args.smoke else ''}`. `train s`: the training loop alone (ours: the sum of `time/iteration`; "
               f"TRL: the sum of its step times); `run s`: the case's process after imports (model load, training, "

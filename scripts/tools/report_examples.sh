@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The example reports under results/reports/ (linked from the README): a PPO run, DPO LoRA vs
 # full overlaid, and the PPO parity study, each as a self-contained HTML page and a full-page
-# screenshot taken in headless Chromium (scripts/render_report.py; needs `chromium`).
+# screenshot taken in headless Chromium (scripts/tools/render_report.py; needs `chromium`).
 #
-#   bash scripts/report_examples.sh        # about 5 minutes on 2 cores (three training runs)
+#   bash scripts/tools/report_examples.sh        # about 5 minutes on 2 cores (three training runs)
 #
 # Runs go to runs/report_examples/ (gitignored); the study page reads results/parity_ppo/ as committed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 RUNS=runs/report_examples
 OUT=results/reports
@@ -25,5 +25,5 @@ align report "$RUNS/ppo_lora" -o "$OUT/ppo_lora.html"
 align report "$RUNS/dpo_lora" "$RUNS/dpo_full" -o "$OUT/dpo_lora_vs_full.html"
 align report results/parity_ppo -o "$OUT/parity_ppo.html"
 for page in ppo_lora dpo_lora_vs_full parity_ppo; do
-  python scripts/render_report.py "$OUT/$page.html" --screenshot "$OUT/$page.png"
+  python scripts/tools/render_report.py "$OUT/$page.html" --screenshot "$OUT/$page.png"
 done

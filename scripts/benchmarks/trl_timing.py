@@ -1,8 +1,8 @@
 """What the "ours vs TRL" scripts share (bench_dpo.py, bench_grpo.py, grpo_vs_trl.py): a TRL
 callback that times every optimizer step, and the ratio lines the benchmarks end with.
 
-Not a script of its own; the benchmarks import it (they run as `python scripts/NAME.py`, so this
-folder is on their path).
+Not a script of its own; the benchmarks import it (they run as `python scripts/benchmarks/NAME.py`,
+so this folder is on their path).
 """
 
 from __future__ import annotations

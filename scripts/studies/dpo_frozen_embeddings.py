@@ -1,8 +1,8 @@
 """Does FullFT's DPO lead over LoRA come from the embeddings and LM head? An ablation.
 
-    OMP_NUM_THREADS=1 python scripts/dpo_frozen_embeddings.py [--lr 1e-3] [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 python scripts/studies/dpo_frozen_embeddings.py [--lr 1e-3] [--seeds 0 1 2]
 
-In `scripts/parity.py dpo` (results/parity_dpo/), FullFT beat LoRA (r4/r8) by ~11 points of gold
+In `scripts/studies/parity.py dpo` (results/parity_dpo/), FullFT beat LoRA (r4/r8) by ~11 points of gold
 score. LoRA with `lora.targets: all` adapts every linear layer of the blocks but leaves the token
 embeddings and the LM head frozen, which FullFT trains. This runs the FullFT configuration of that
 study (same recipe, overrides, LR and seeds) once more with those two modules frozen
@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FROZEN = ("embed_tokens", "lm_head", "wte", "wpe")
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder
     from parity import STUDIES
 
     from align.config import load_recipe

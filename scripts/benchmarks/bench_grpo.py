@@ -1,7 +1,7 @@
 """Step time and peak memory of our GRPO iteration: LoRA vs TRL's GRPOTrainer (same peft config), LoRA vs full.
 
-    OMP_NUM_THREADS=1 python scripts/bench_grpo.py              # ~61M random Llama, 3 processes in turn (~5 min)
-    OMP_NUM_THREADS=1 python scripts/bench_grpo.py --quick      # a ~0.1M config, 1+1 steps (tests)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_grpo.py              # ~61M random Llama, 3 processes in turn (~5 min)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_grpo.py --quick      # a ~0.1M config, 1+1 steps (tests)
 
 Cases, each in its OWN process (this script re-invoked with `--case`), one torch thread, float32,
 the same random Llama (built from a config with seed 0, no download; the built-in char tokenizer of
@@ -63,9 +63,9 @@ from pathlib import Path
 
 from trl_timing import print_ratios, step_timer  # noqa: E402 (this folder)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
-# ~61M parameters (tied embeddings): 8 layers, hidden 640, vocab 32000 (as scripts/bench_dpo.py).
+# ~61M parameters (tied embeddings): 8 layers, hidden 640, vocab 32000 (as scripts/benchmarks/bench_dpo.py).
 MODELS: dict[str, dict] = {
     "llama-61m": dict(vocab_size=32000, hidden_size=640, intermediate_size=1792, num_hidden_layers=8,
                       num_attention_heads=10, num_key_value_heads=10, max_position_embeddings=256,

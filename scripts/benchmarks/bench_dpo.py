@@ -1,7 +1,7 @@
 """Step time and peak memory of our DPO step: LoRA vs TRL's DPOTrainer (same peft config), LoRA vs full.
 
-    OMP_NUM_THREADS=1 python scripts/bench_dpo.py              # ~61M random Llama, 3 processes in turn
-    OMP_NUM_THREADS=1 python scripts/bench_dpo.py --steps 2    # fewer timed steps
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_dpo.py              # ~61M random Llama, 3 processes in turn
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_dpo.py --steps 2    # fewer timed steps
 
 Cases, each in its OWN process (this script re-invoked with `--case`), one torch thread, float32,
 the same random Llama config (built from a config, no download), the same batch of pairs
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from trl_timing import print_ratios, step_timer  # noqa: E402 (this folder)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # ~61M parameters (tied embeddings): 8 layers, hidden 640, vocab 32000.
 MODEL = dict(vocab_size=32000, hidden_size=640, intermediate_size=1792, num_hidden_layers=8, num_attention_heads=10,

@@ -1,6 +1,6 @@
 """Open an HTML page (an `align report`) in headless Chromium: console errors, drawn plots, screenshot.
 
-    python scripts/render_report.py report.html --screenshot report.png [--width 1280]
+    python scripts/tools/render_report.py report.html --screenshot report.png [--width 1280]
 
 Talks to Chromium over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages
 ending in a NUL byte on file descriptors 3 and 4), so it needs nothing beyond the Python standard

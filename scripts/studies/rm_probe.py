@@ -1,8 +1,8 @@
 """What a FROZEN base already knows about the built-in preference pairs: linear probes.
 
-    OMP_NUM_THREADS=1 python scripts/rm_probe.py [--model builtin:tiny-arith] [--train 4000] [--eval 512]
+    OMP_NUM_THREADS=1 python scripts/studies/rm_probe.py [--model builtin:tiny-arith] [--train 4000] [--eval 512]
     # your model and preference files (prompt/chosen/rejected, implicit-prompt or messages rows):
-    OMP_NUM_THREADS=1 python scripts/rm_probe.py --model MODEL --train-file train.jsonl --eval-file eval.jsonl
+    OMP_NUM_THREADS=1 python scripts/studies/rm_probe.py --model MODEL --train-file train.jsonl --eval-file eval.jsonl
 
 For each preference pair (the built-in task's train split, or `--train-file`, to fit; its eval
 split, or `--eval-file`, to test; at most --train / --eval pairs of each), features
@@ -17,7 +17,7 @@ small L2) predicts which side is preferred, as a reward model's Bradley-Terry he
     both         the two together
 
 Printed: held-out accuracy overall, and per kind of pair on the built-in task (see
-scripts/rm_per_kind.py). Use it before choosing `reward.readout`: if `last_token` probes far
+scripts/studies/rm_per_kind.py). Use it before choosing `reward.readout`: if `last_token` probes far
 below `logprob`, a last-token head will have to learn the judgement from scratch. A probe that
 fails says the information is not linearly there at the start; training can still move it
 there (an adapter or a full fine-tune), which is what the reward-model runs measure.

@@ -2,7 +2,7 @@
 process and, on a machine with several GPUs, with all of them under ddp and under fsdp; one table
 of CUDA peak memory, memory by role and step time. Run it whenever a GPU is available:
 
-    bash scripts/gpu_check.sh                 # or: python scripts/gpu_check.py [--steps 4] [--out gpu_check]
+    bash scripts/benchmarks/gpu_check.sh                 # or: python scripts/benchmarks/gpu_check.py [--steps 4] [--out gpu_check]
 
 No network: the model is a random Qwen2 with Qwen2.5-0.5B's shapes (24 layers, hidden 896,
 vocabulary 151,936, tied embeddings; 494 M parameters) saved once under OUT/model with the
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QWEN_05B_SHAPE = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=2048,
                       tie_word_embeddings=True, rope_theta=1000000.0)

@@ -8,8 +8,8 @@ code path of `align build-base`, with `train.seed` (batch order) set per build; 
 evaluated by `align.build_base.evaluate_base` (greedy and sampled accuracy on 256 held-out
 prompts, and the sampled accuracy over 4 x 256 samples that the band is checked on).
 
-    OMP_NUM_THREADS=1 python scripts/base_robustness.py                       # the shipped recipe
-    OMP_NUM_THREADS=1 python scripts/base_robustness.py --override optimizer.lr=0.003 --label lr3e-3
+    OMP_NUM_THREADS=1 python scripts/studies/base_robustness.py                       # the shipped recipe
+    OMP_NUM_THREADS=1 python scripts/studies/base_robustness.py --override optimizer.lr=0.003 --label lr3e-3
 
 Writes `OUT/LABEL/builds.jsonl` (one line per build) and `OUT/LABEL/table.md` (small: they
 may be committed), and prints the table; the built models and logs go to
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "builds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ok, why, median = band_verdict(rows, args.min_greedy, args.sampled_band)
     text = table(rows)
-    cmd = "OMP_NUM_THREADS=1 python scripts/base_robustness.py" + "".join(f" --override {o}" for o in args.override)
+    cmd = "OMP_NUM_THREADS=1 python scripts/studies/base_robustness.py" + "".join(f" --override {o}" for o in args.override)
     if args.label != "shipped":
         cmd += f" --label {args.label}"
     if args.seeds != [0, 1, 2]:

@@ -1,8 +1,8 @@
 """One table of the DPO-gap studies (issue 13): what each one does to LoRA's gap to FullFT.
 
-    OMP_NUM_THREADS=1 python scripts/dpo_gap_summary.py     # after the studies below
+    OMP_NUM_THREADS=1 python scripts/studies/dpo_gap_summary.py     # after the studies below
 
-Reads the tables the four studies wrote (`scripts/parity.py dpo_gap_embed | dpo_gap_lr |
+Reads the tables the four studies wrote (`scripts/studies/parity.py dpo_gap_embed | dpo_gap_lr |
 dpo_gap_steps | dpo_gap_batch`, each under results/atlas/dpo_gap/<name>/table.csv) and writes
 results/atlas/dpo_gap/summary.md, summary.csv and gap.png: for each LoRA rank, its gap to FullFT
 (seed means at each configuration's best LR) in the dpo study and under each intervention, and how
@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "results" / "atlas" / "dpo_gap"
 
 
@@ -71,7 +71,7 @@ def main() -> int:
              "(3 seeds); gap = LoRA − FullFT ± the standard error of that difference; 'closes' = the share of the "
              "baseline gap (dpo study) that the intervention removes (negative: it widens; n/a where the baseline gap "
              "is within 2 s.e., rank 8). Written by "
-             "`python scripts/dpo_gap_summary.py` from the studies' tables.", "",
+             "`python scripts/studies/dpo_gap_summary.py` from the studies' tables.", "",
              "| rank | study | LoRA (best LR) | FullFT it is compared with (best LR) | gap ± s.e. | closes |",
              "|---|---|---|---|---|---|"]
     with open(OUT / "summary.csv", "w", newline="") as f:

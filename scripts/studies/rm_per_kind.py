@@ -1,9 +1,9 @@
 """Held-out pairwise accuracy of a trained reward model on the built-in preference task, per kind.
 
-    OMP_NUM_THREADS=1 python scripts/rm_per_kind.py RUN_DIR [RUN_DIR ...]
+    OMP_NUM_THREADS=1 python scripts/studies/rm_per_kind.py RUN_DIR [RUN_DIR ...]
 
 For each reward-model run directory (`align train recipes/rm_lora.yaml` or `rm_full.yaml`, or a
-`scripts/parity.py rm` run), the saved reward role is loaded onto a fresh shared base of the run's
+`scripts/studies/parity.py rm` run), the saved reward role is loaded onto a fresh shared base of the run's
 model and mode, the run's held-out pairs (the built-in task's eval split, same seed and count as
 the run's own evaluation) are scored, and the accuracy is printed overall and per kind of pair:
 

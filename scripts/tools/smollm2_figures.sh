@@ -2,12 +2,12 @@
 # Every figure of the README's "The real base" section (SmolLM2-135M-Instruct), re-measured.
 # Run from the repository root after `pip install -e .` (the first run fetches the base and
 # builds the on-policy pairs, a few minutes each):
-#     bash scripts/smollm2_figures.sh            # about 2.5 hours on 2 cores
+#     bash scripts/tools/smollm2_figures.sh            # about 2.5 hours on 2 cores
 # Outputs: results/smollm2/*.md and .json (quality: each LoRA recipe over 3 seeds, PPO 1 seed, on
 # this machine's kernels) and results/smollm2/memory/*.md (memory: every recipe in both modes, the
 # same 2-step run with evaluation off, so the peak is the training step's, measured alike).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled
 CAP="$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 

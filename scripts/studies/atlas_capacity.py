@@ -1,8 +1,8 @@
 """Finding 2 of the replication atlas (issue 13), capacity: beyond its capacity LoRA learns more slowly.
 
-    OMP_NUM_THREADS=1 python scripts/atlas_capacity.py                # the study (40 runs, ~32-40 min), then its outputs
-    OMP_NUM_THREADS=1 python scripts/atlas_capacity.py --report-only  # only redraw the outputs from the run folders
-    OMP_NUM_THREADS=1 python scripts/atlas_capacity.py --smoke        # the smallest configurations, a few steps
+    OMP_NUM_THREADS=1 python scripts/studies/atlas_capacity.py                # the study (40 runs, ~32-40 min), then its outputs
+    OMP_NUM_THREADS=1 python scripts/studies/atlas_capacity.py --report-only  # only redraw the outputs from the run folders
+    OMP_NUM_THREADS=1 python scripts/studies/atlas_capacity.py --smoke        # the smallest configurations, a few steps
 
 SFT (recipes/sft_lora.yaml with CAPACITY_OVERRIDES) on the built-in memorisation task `facts`
 (`align.tasks.facts`): N random key -> value facts, each value 12 random digits, so a fact holds
@@ -32,7 +32,7 @@ Runtime: ~55-70 ms a step and ~10 s a run outside training on one thread: 40 run
 about 32-40 minutes (printed before the study starts).
 
 Outputs (results/atlas/capacity/; run folders in runs/atlas_capacity/, gitignored), beside the
-generic table.md / study.json that `scripts/parity.py capacity` writes there:
+generic table.md / study.json that `scripts/studies/parity.py capacity` writes there:
     capacity.md     bits/fact (and recall) per configuration and N at the best LR of each, and where
                     each LoRA rank departs from FullFT, in facts and in bits per trainable parameter
     capacity.png    bits/fact against N (log x) and against bits per trainable parameter, and the
@@ -45,32 +45,28 @@ is larger). One bit per fact means LoRA gives each fact's whole 12-digit value a
 probability FullFT gives it; it is 2.5% of a fact's content and 20x FullFT's own residual on the
 sizes it memorises (0.05 bits/fact), so it is not rounding or LR-grid noise.
 
-The study is registered in scripts/parity.py's STUDIES, so `python scripts/parity.py capacity` runs
-it (this script's `main` is that command, one run at a time): its generic table picks each
-configuration's best LR by the lowest bits/fact, and `report` (the study's `report` hook, built on
-`parity.collect`) draws this file's plot and table.
+The study joins the table of scripts/studies/parity.py, so `python scripts/studies/parity.py capacity`
+runs it too (this script's `main` is that command, one run at a time, through the same sweep,
+`scripts/studies/sweep.py`): its generic table picks each configuration's best LR by the lowest
+bits/fact, and `report` (the study's `report` hook, built on `sweep.collect`) draws this file's plot
+and table.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder, also when imported from elsewhere (tests)
 sys.path.insert(0, str(REPO))
 
-# parity.py imports this module to register its studies. When parity.py is the program, its
-# classes live in __main__: importing it again as `parity` would run it a second time and re-enter
-# this module half-built, so take them from __main__ then.
-_main = sys.modules.get("__main__")
-parity = _main if Path(getattr(_main, "__file__", "") or "").name == "parity.py" else importlib.import_module("parity")
-Configuration, Study = parity.Configuration, parity.Study
+import sweep  # noqa: E402  (this folder)
+from sweep import Configuration, Study  # noqa: E402
 
 from align.tasks.facts import WORLD as FACTS_WORLD  # noqa: E402  (after the path setup)
 
@@ -162,15 +158,15 @@ def _bits_curve(run_dir: Path) -> dict[int, float]:
 
 
 def collect(study: Study, runs_dir: Path, seeds: list[int]) -> list[dict]:
-    """parity.collect's rows (best LR by the lowest seed-mean bits/fact, never a diverged one; EDGE;
+    """sweep.collect's rows (best LR by the lowest seed-mean bits/fact, never a diverged one; EDGE;
     every LR's seed mean), with what the capacity table and plot add: series and N, recall, content
     bits per trainable parameter, the run's steps and its training-loss curves in bits per fact. A
     configuration whose runs are all missing is left out."""
     configs = {c.name: c for c in study.configurations}
     rows = []
-    for r in parity.collect(study, study.configurations, seeds, runs_dir):
+    for r in sweep.collect(study, study.configurations, seeds, runs_dir):
         config, (series, n) = configs[r["configuration"]], POINTS[r["configuration"]]
-        runs = [runs_dir / parity.run_name(config, r["best_lr"], seed) for seed in seeds]
+        runs = [runs_dir / sweep.run_name(config, r["best_lr"], seed) for seed in seeds]
         steps = next(json.loads((d / "summary.json").read_text())["steps"] for d in runs if (d / "summary.json").exists())
         rows.append({
             "configuration": r["configuration"], "series": series, "facts": n, "best_lr": r["best_lr"],
@@ -342,12 +338,11 @@ def report(runs_dir: Path | str, out_dir: Path | str, study: Study | None = None
     return text
 
 
-STUDIES["capacity"].report = report  # `python scripts/parity.py capacity` draws these outputs too
-parity.STUDIES.update(STUDIES)  # registered whichever of the two modules was imported first
+STUDIES["capacity"].report = report  # `python scripts/studies/parity.py capacity` draws these outputs too
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python scripts/parity.py capacity` with this script's default of one run at a time, after
+    """`python scripts/studies/parity.py capacity` with this script's default of one run at a time, after
     printing the full study's estimated run time."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="the smallest FullFT and rank-1 configurations, 1 LR, a few steps")
@@ -362,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capacity: {runs} runs, {steps:,} optimizer steps, about {low:.0f}-{high:.0f} min one run at a time", flush=True)
     flags = [flag for flag, on in (("--smoke", args.smoke), ("--report-only", args.report_only)) if on]
     flags += [item for key, value in (("--runs-dir", args.runs_dir), ("--out", args.out)) if value for item in (key, value)]
-    return parity.main(["capacity", *flags, "--jobs", str(args.jobs)])
+    return sweep.main(STUDIES, ["capacity", *flags, "--jobs", str(args.jobs)], description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """PPO (with a critic) against GRPO (critic-free) on the built-in task: sampled accuracy at equal
 numbers of completions and at equal training time, and what each holds in memory.
 
-    OMP_NUM_THREADS=1 python scripts/ppo_vs_grpo.py                 # 3 seeds x 2 methods, ~12 min
-    OMP_NUM_THREADS=1 python scripts/ppo_vs_grpo.py --seeds 0 --steps 10 --model scratch:test --out /tmp/x  # smoke
+    OMP_NUM_THREADS=1 python scripts/studies/ppo_vs_grpo.py                 # 3 seeds x 2 methods, ~12 min
+    OMP_NUM_THREADS=1 python scripts/studies/ppo_vs_grpo.py --seeds 0 --steps 10 --model scratch:test --out /tmp/x  # smoke
 
 Both recipes as they were before issue 11's tuning (`recipes/ppo_lora.yaml` with a constant LR of
-3e-4, `recipes/grpo_lora.yaml` with 16 x 8, no KL, constant LR: `scripts/as_measured.py`; 128
+3e-4, `recipes/grpo_lora.yaml` with 16 x 8, no KL, constant LR: `scripts/studies/as_measured.py`; 128
 completions per iteration each), run for the same number of iterations with an evaluation every 5 iterations on
 the 256 held-out prompts, one process and one thread per run, one run at a time. Training time is
 the sum of `time/iteration` (evaluation excluded). Writes `results/ppo_vs_grpo/table.md` and
@@ -22,9 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = {"ppo": "recipes/ppo_lora.yaml", "grpo": "recipes/grpo_lora.yaml"}
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from as_measured import GRPO_BEFORE_ISSUE11_TUNING, PPO_BEFORE_ISSUE11_TUNING  # noqa: E402  (this folder)
 
 # each recipe as results/ppo_vs_grpo was measured with (both have been tuned since)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# PPO vs GRPO on the built-in task",
         "",
-        f"`OMP_NUM_THREADS=1 python scripts/ppo_vs_grpo.py{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds != [0, 1, 2] else ''}`: "
+        f"`OMP_NUM_THREADS=1 python scripts/studies/ppo_vs_grpo.py{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds != [0, 1, 2] else ''}`: "
         f"recipes/ppo_lora.yaml and recipes/grpo_lora.yaml as shipped, {args.steps} iterations of 128 completions, "
         f"seeds {args.seeds}, mean ± std over seeds. Equal time = the training seconds PPO needed for {half} iterations "
         f"({budget:.0f} s), given to both. State = weights, adapters, heads, gradients and optimizer state (`memory_bytes.total`); "

@@ -1,9 +1,9 @@
 """The LR rule, measured (issue 13, finding 6): LoRA's best LR over FullFT's in every parity study,
 and the regret of picking LoRA's LR by a rule instead of by a grid.
 
-    OMP_NUM_THREADS=1 python scripts/atlas.py       # after the studies (reads their study.json)
+    OMP_NUM_THREADS=1 python scripts/studies/atlas.py       # after the studies (reads their study.json)
 
-For each study that has a FullFT row and LoRA rows on an LR grid (`scripts/parity.py ppo | grpo |
+For each study that has a FullFT row and LoRA rows on an LR grid (`scripts/studies/parity.py ppo | grpo |
 dpo | rm | sft | sft_rslora`), from the per-LR seed means its study.json holds:
     ratio       LoRA's best LR / FullFT's best LR, per rank
     rule 10x    `optimizer.lr_rule: true` ("LoRA Without Regret"): LoRA LR = 10 x FullFT's best LR;
@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "results" / "atlas"
 # method -> (study folder, the configuration-name prefix of its LoRA rows); the studies whose rows
 # give the ratio. sft_rslora also holds the sft study's 1/r rows (lora_r*): only its lora_rs_r* rows
@@ -120,7 +120,7 @@ def main() -> int:
     lines = [
         "# The LR rule, measured",
         "",
-        "Regenerate: `OMP_NUM_THREADS=1 python scripts/atlas.py` (reads each study's study.json). Regret: the",
+        "Regenerate: `OMP_NUM_THREADS=1 python scripts/studies/atlas.py` (reads each study's study.json). Regret: the",
         "seed-mean metric at LoRA's best grid LR minus at the rule's LR (for a loss: the other way round);",
         "0 = the rule picked the grid's best. The measured rule's ratio is the method's geometric mean over ranks",
         "(align.lora.MEASURED_LR_RATIOS); its regret is out of sample: each rank is scored with the ratio of the",
