@@ -8,8 +8,8 @@ Why the weights also ship with the package: training is deterministic on one CPU
 rounding differs between CPUs (other SIMD kernels, another summation order), and 3000 steps of
 training carry a rounding difference into visibly different weights. The recipe was chosen so
 that every such build lands in the same narrow quality band (`scripts/studies/base_robustness.py` checks
-seeds x kernel sets; the table is in the README), yet only the shipped file makes every user
-start from exactly the base that the README's figures were measured on. So `builtin:tiny-arith`
+seeds x kernel sets; the table is in docs/results.md), yet only the shipped file makes every user
+start from exactly the base that the figures of docs/results.md were measured on. So `builtin:tiny-arith`
 loads the shipped weights (checked against their sha256), and this module rebuilds them on
 demand, for anyone who wants to see the recipe work or to change it.
 

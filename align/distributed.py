@@ -23,7 +23,7 @@ What it does:
   the LM head itself, enters through the root here (asking for the last position's logits only).
 
 What it leaves out: sharding full-mode copies (mode: full runs under ddp; config validation
-says so), tensor or pipeline parallelism, CPU offload, DeepSpeed (README: Scaling out).
+says so), tensor or pipeline parallelism, CPU offload, DeepSpeed (docs/scaling.md).
 
 Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_fsdp.py`.
 """

@@ -6,7 +6,7 @@ before its run; `align.build_base.ensure_builtin_base`), and nothing here import
 built-in tokenizer: what the base is pretrained from, and a fast model for tests.
 `builtin:tiny-arith` names the toolkit's own tiny Llama-style base. Its weights ship inside the
 package (`align/tasks/bases/tiny-arith/`, 2.3 MB, sha256 in its BUILD_INFO.json), so every
-machine starts from exactly the base the README's figures were measured on: rebuilding it from
+machine starts from exactly the base the figures of docs/results.md were measured on: rebuilding it from
 its recipe is not bit-reproducible across CPUs (see `align.build_base`). Where the bases live and
 whether one is loadable is `align.builtin_bases`. When the shipped files
 are missing, or were built by another recipe than the current one, it loads the build from the

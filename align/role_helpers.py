@@ -49,7 +49,7 @@ class ScalarHead(nn.Linear):
                           each digit the one it expected?) but a shallow model cannot gather at
                           the last position: on the built-in 2-layer base, a linear probe of the
                           last hidden state separates right from wrong answers at 0.58, the
-                          completion log-prob at 0.95 (README, reward model).
+                          completion log-prob at 0.95 (docs/results.md, reward model).
 
     A subclass of `nn.Linear`, so `weight`/`bias` and the saved keys stay those of a linear head."""
 

@@ -7,7 +7,7 @@ are float32 (the last checkpoint), the base takes half the bytes, and its losses
 stated tolerance of float32's: |bf16 - fp32| <= 0.02 + 0.02 |fp32| per step (bf16 keeps 8 bits of
 mantissa, about 3 significant digits, and 3 steps at LR 1e-3 let the difference grow; measured here
 at most 0.0027, PPO's policy loss at step 3). That training still improves the built-in task in bf16 is
-measured in the README ("Scaling out"), not here.
+measured in docs/scaling.md ("bf16 bases"), not here.
 
 Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_bf16.py`.
 """

@@ -1,4 +1,4 @@
-"""The study scripts behind the README's robustness figures: their verdicts and tables (the
+"""The study scripts behind the robustness figures of docs/results.md: their verdicts and tables (the
 builds and runs themselves are the trainers', tested elsewhere)."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ What it does:
   (a product then a sum or difference), each written in a few everyday templates ("Mia has 23
   stickers and gets 48 more. How many stickers does she have now?") and ending with "Give only the
   final number." Operands are sized so that SmolLM2-135M-Instruct's sampled accuracy starts
-  inside the band where RL has signal (README, "The real base": measured, not assumed);
+  inside the band where RL has signal (docs/real-base.md: measured, not assumed);
 - a fixed train/eval split by hashing the problem (kind, operands): disjoint, independent of any
   seed;
 - the verifier: the last integer of the answer equals the problem's answer

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every figure of the README's "Results" that stands on the built-in base, re-measured in one go
+# Every figure of docs/results.md that stands on the built-in base, re-measured in one go
 # (about 70 minutes on 2 cores). Run from the repository root after `pip install -e .`:
 #     bash scripts/tools/readme_figures.sh
 # Outputs: results/base_robustness/shipped/table.md, results/spread/*.md, results/rm_probe.txt,
 # results/rm_per_kind.txt, results/ppo_vs_grpo/, results/grpo_vs_trl/. The parity studies
-# (scripts/studies/parity.py dpo|ppo|grpo|rm) are not rerun here: they take 20-50 minutes each; the README
+# (scripts/studies/parity.py dpo|ppo|grpo|rm) are not rerun here: they take 20-50 minutes each; docs/results.md
 # says which base and which code each was measured on.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,13 +13,13 @@ export OMP_NUM_THREADS=1 WANDB_MODE=disabled
 # The base recipe over 3 seeds x every CPU kernel set (9 builds).
 python scripts/studies/base_robustness.py --out results/base_robustness
 
-# Each cheap recipe over 3 seeds x every kernel set: the README's mean ± std.
+# Each cheap recipe over 3 seeds x every kernel set: the mean ± std of docs/results.md.
 # (DPO, PPO parity: python scripts/studies/parity.py dpo|ppo, about 10 and 30 minutes.)
 for recipe in ppo_lora sft_lora sft_full dpo_lora dpo_full rm_lora rm_full; do
   python scripts/spread.py "recipes/$recipe.yaml"
 done
 
-# GRPO's recipe over 3 seeds on this machine's kernels (the README's GRPO row).
+# GRPO's recipe over 3 seeds on this machine's kernels (the GRPO row of docs/results.md).
 python scripts/spread.py recipes/grpo_lora.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 
 # PPO against the learned reward model (the recipe reads runs/rm_lora).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The example reports under results/reports/ (linked from the README): a PPO run, DPO LoRA vs
+# The example reports under results/reports/ (linked from docs/usage.md): a PPO run, DPO LoRA vs
 # full overlaid, and the PPO parity study, each as a self-contained HTML page and a full-page
 # screenshot taken in headless Chromium (scripts/tools/render_report.py; needs `chromium`).
 #

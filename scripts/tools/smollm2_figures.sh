@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the README's "The real base" section (SmolLM2-135M-Instruct), re-measured.
+# Every figure of docs/real-base.md (SmolLM2-135M-Instruct), re-measured.
 # Run from the repository root after `pip install -e .` (the first run fetches the base and
 # builds the on-policy pairs, a few minutes each):
 #     bash scripts/tools/smollm2_figures.sh            # about 2.5 hours on 2 cores
