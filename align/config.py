@@ -158,6 +158,10 @@ class RolloutSettings:
     kl_coef: float = _f(0.05, "Coefficient of the KL to the reference (PPO: the initial KL penalty in the reward).")
     kl_estimator: Literal["k1", "k2", "k3"] = _f("k1", "Per-token KL estimator (align.losses.policy.KL_ESTIMATORS).")
     forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
+    engine: Literal["hf", "vllm"] = _f("hf", "What samples rollouts and on-policy evaluation: hf (this toolkit's loop) or vllm (one vLLM engine in the training process on the frozen base, sampling through the policy adapter, which alone is synced after each update; mode lora only; needs the vllm extra, docs/vllm.md).")
+    vllm_gpu_memory_utilization: float = _f(0.3, "rollout.engine=vllm on a GPU: the fraction of GPU memory vLLM may take (weights and KV cache); the trainer needs the rest.")
+    vllm_kv_cache_gib: float = _f(1.0, "rollout.engine=vllm on a CPU: the KV cache vLLM allocates, in GiB (VLLM_CPU_KVCACHE_SPACE, unless that is set).")
+    tis_cap: Optional[float] = _f(None, "Truncated importance sampling (rollout.engine=vllm, grpo): weight each token's loss by min(p_trainer / p_engine, tis_cap) of the sampled token, correcting for the engine's log-probs differing from the trainer's; null: off.")
 
 
 @dataclass
@@ -425,6 +429,11 @@ def _validate(cfg: RecipeConfig, source: str) -> None:
             bad("dpo.label_smoothing", f"applies to the sigmoid loss only, not {cfg.dpo.loss_type!r}")
     if cfg.method in ON_POLICY_METHODS:
         _validate_rollout(cfg.rollout, bad)
+        if cfg.rollout.engine == "vllm" and cfg.mode != "lora":
+            bad("rollout.engine", "vllm needs mode lora: the engine syncs the policy's adapter, and a full-mode policy "
+                "would have to send every weight after each update (use rollout.engine hf)")
+        if cfg.rollout.tis_cap is not None and cfg.method != "grpo":
+            bad("rollout.tis_cap", f"is implemented for grpo only, not {cfg.method}")
     if cfg.method == "ppo":
         p = cfg.ppo
         if p.rollout_batch_size < 1 or p.minibatch_size < 1 or p.ppo_epochs < 1:
@@ -479,6 +488,12 @@ def _validate_rollout(r: RolloutSettings, bad) -> None:
         bad("rollout.kl_coef", "must not be negative")
     if r.max_new_tokens < 1 or r.forward_batch_size < 1:
         bad("rollout", "max_new_tokens and forward_batch_size must be at least 1")
+    if not 0 < r.vllm_gpu_memory_utilization <= 1:
+        bad("rollout.vllm_gpu_memory_utilization", f"must be in (0, 1], got {r.vllm_gpu_memory_utilization}")
+    if r.vllm_kv_cache_gib <= 0:
+        bad("rollout.vllm_kv_cache_gib", f"must be positive, got {r.vllm_kv_cache_gib}")
+    if r.tis_cap is not None and (r.tis_cap < 1 or r.engine != "vllm"):
+        bad("rollout.tis_cap", f"must be at least 1 and needs rollout.engine vllm (the hf engine samples with the trainer's own log-probs), got {r.tis_cap} with engine {r.engine!r}")
     try:
         spec = parse_reward_spec(r.reward)
     except ValueError as err:

@@ -51,6 +51,7 @@ def evaluate_task(
     samples: list | None = None,
     chat_template: bool = False,
     temperature: float = 1.0,
+    generate_fn=generate,
 ) -> dict[str, float]:
     """Greedy and sampled (at `temperature`) metrics of `model` on `n` prompts of `task`.
 
@@ -60,7 +61,8 @@ def evaluate_task(
     caller that keeps a few passes a list that keeps its first few (`Tracker.sample_sink`).
     `chat_template`: the model sees each prompt as a user turn rendered with the tokenizer's chat
     template (`data.chat_template`; a chat task's prompts are user-turn texts); scores read the
-    prompts as the task wrote them.
+    prompts as the task wrote them. `generate_fn`: what samples, `align.rollout.generate` or a
+    drop-in with its arguments (`align.vllm_engine.VLLMEngine.generate`).
     """
     if isinstance(task, str):
         task = get_task(task)
@@ -69,10 +71,10 @@ def evaluate_task(
     answers = [row["answer"] for row in rows]
 
     shown = render_prompts(prompts, tokenizer, chat_template)
-    greedy = generate(model, tokenizer, shown, max_new_tokens, do_sample=False, batch_size=batch_size,
-                      add_special_tokens=not chat_template)
-    sampled = generate(model, tokenizer, shown, max_new_tokens, temperature=temperature, do_sample=True,
-                       batch_size=batch_size, seed=seed, add_special_tokens=not chat_template)
+    greedy = generate_fn(model, tokenizer, shown, max_new_tokens, do_sample=False, batch_size=batch_size,
+                         add_special_tokens=not chat_template)
+    sampled = generate_fn(model, tokenizer, shown, max_new_tokens, temperature=temperature, do_sample=True,
+                          batch_size=batch_size, seed=seed, add_special_tokens=not chat_template)
 
     def mean(values) -> float:
         values = [float(v) for v in values]

@@ -111,6 +111,7 @@ class Samples:
     scores_B: torch.Tensor  # with the no-stop penalty applied: what the method optimises
     stopped_B: torch.Tensor  # True where the response ended with EOS
     texts: list[str]
+    sampler_logps_BT: torch.Tensor | None = None  # the inference engine's log-probs of the sampled tokens (vllm), else None
     stats: dict[str, float]
     gold_scores: list[float] | None = None  # the gold reward of each response, where one is configured
 
@@ -157,26 +158,31 @@ def _mean(values) -> float:
 
 @torch.no_grad()
 def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, generator: torch.Generator | list[torch.Generator],
-                     eos_ids: list[int], reference: bool = True, old_logprobs: bool = True) -> Samples:
+                     eos_ids: list[int], reference: bool = True, old_logprobs: bool = True, engine=None) -> Samples:
     """Sample one response per row from the policy, score it, and compute old (and reference)
     log-probs (module docstring). `generator`: one for the batch, or one per row (each row's
     response then depends only on its own generator, not on the batch it shares).
     `old_logprobs=False` skips the policy's no-grad forward, for a method that updates on each
     completion exactly once right after sampling (the old log-probs are then the current ones,
-    detached, as TRL does); `reference=False` skips the reference's."""
+    detached, as TRL does); `reference=False` skips the reference's. `engine`: a
+    `align.vllm_engine.VLLMEngine` that samples instead of the hf loop, after syncing the policy
+    adapter when it changed (None: the hf loop)."""
     r = cfg.rollout
     prompts, answers = [row["prompt"] for row in rows], [row["answer"] for row in rows]
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
 
+    sampling = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                    batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
+                    **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
+                    eos_token_ids=eos_ids, progress=False)
     # ---- rollout: batched sampling from the policy (eval mode, no grad, KV cache, left padding)
     t0 = time.time()
     with memory_phase("rollout"):
-        rollout = base.generate(
-            "policy", rendered, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-            batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
-            **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
-            eos_token_ids=eos_ids, progress=False,
-        )
+        if engine is None:
+            rollout = base.generate("policy", rendered, **sampling)
+        else:
+            engine.sync(base)  # the policy adapter, when it changed since the last sync
+            rollout = engine.generate(None, base.tokenizer, rendered, **sampling)
     t_rollout = time.time() - t0
 
     # ---- scoring: the training reward (and the gold reward beside it), from the texts
@@ -222,6 +228,12 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
         "time/forward": t_forward,
         "response_tokens": float(sum(lengths)),
     }
+    sampler_logps_BT = rollout.sampler_logps_BT.to(base.device) if rollout.sampler_logps_BT is not None else None
+    if engine is not None:
+        stats["rollout/sync_bytes"] = float(engine.last_sync_bytes)  # what one adapter sync moves
+        stats["rollout/syncs"] = float(engine.syncs)  # adapter syncs so far
+        if old_logprobs and sampler_logps_BT is not None:
+            stats.update(mismatch_stats(torch.cat(logps), sampler_logps_BT, response_mask_BT))
     if old_logprobs:
         stats["entropy"] = float(masked_mean(torch.cat(entropies), response_mask_BT.bool()))
     if gold is not None:
@@ -231,24 +243,39 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
             stats[f"reward/{key.removesuffix('/score')}"] = _mean(per_row)
     return Samples(input_ids_BL, attention_mask_BL, response_mask_BT, torch.cat(logps) if old_logprobs else None,
                    torch.cat(ref_logps) if reference else None, raw_score_B, score_B, stopped_B, rollout.texts, stats,
-                   None if gold is None else [float(g) for g in gold])
+                   None if gold is None else [float(g) for g in gold], sampler_logps_BT)
+
+
+def mismatch_stats(trainer_logps_BT: torch.Tensor, sampler_logps_BT: torch.Tensor, mask_BT: torch.Tensor) -> dict[str, float]:
+    """The training-inference mismatch of one rollout: mean and max over response tokens of
+    |log p_trainer - log p_sampler| of the sampled token (`rollout/logprob_mismatch_mean|max`)."""
+    delta_BT = (trainer_logps_BT.detach().float() - sampler_logps_BT.float()).abs()
+    keep_BT = mask_BT.bool()
+    if not keep_BT.any():
+        return {"rollout/logprob_mismatch_mean": 0.0, "rollout/logprob_mismatch_max": 0.0}
+    return {"rollout/logprob_mismatch_mean": float(delta_BT[keep_BT].mean()),
+            "rollout/logprob_mismatch_max": float(delta_BT[keep_BT].max())}
 
 
 @torch.no_grad()
-def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int], samples: list | None = None) -> dict[str, float]:
+def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int], samples: list | None = None,
+                     engine=None) -> dict[str, float]:
     """Mean training reward of greedy and sampled (temperature 1) responses to held-out prompts:
     the evaluation of prompt files, where no built-in task can check the answers. `samples`, when
-    given, receives the sampled completions (prompt, response, reward, gold None, length, stopped)."""
+    given, receives the sampled completions (prompt, response, reward, gold None, length, stopped).
+    `engine`: sample with it (`sample_and_score`) instead of the hf loop."""
     rows = rows[: cfg.eval.num_prompts]
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    if engine is not None:
+        engine.sync(base)
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
     out: dict[str, float] = {}
     for kind, sample in (("greedy", False), ("sampled", True)):
-        rollout = base.generate(
-            "policy", rendered, max_new_tokens=cfg.eval.max_new_tokens, do_sample=sample, temperature=1.0,
-            batch_size=cfg.rollout.forward_batch_size, seed=cfg.train.seed, add_special_tokens=not cfg.data.chat_template,
-            eos_token_ids=eos_ids, progress=False,
-        )
+        sampling = dict(max_new_tokens=cfg.eval.max_new_tokens, do_sample=sample, temperature=1.0,
+                        batch_size=cfg.rollout.forward_batch_size, seed=cfg.train.seed,
+                        add_special_tokens=not cfg.data.chat_template, eos_token_ids=eos_ids, progress=False)
+        rollout = (base.generate("policy", rendered, **sampling) if engine is None
+                   else engine.generate(None, base.tokenizer, rendered, **sampling))
         scores = reward_fn(prompts, rollout.texts, answers=answers, response_lengths=rollout.response_lengths_B.tolist()).scores
         out[f"reward_{kind}"] = _mean(scores)
         if sample:

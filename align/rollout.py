@@ -52,6 +52,9 @@ class Rollout:
     response_mask_BT: torch.Tensor
     texts: list[str]
     stopped_B: torch.Tensor
+    # The sampler's own log-probs (B, T) of the sampled tokens, where an inference engine reports
+    # them (align.vllm_engine); only for the training-inference mismatch, never for training.
+    sampler_logps_BT: torch.Tensor | None = None
 
     @property
     def response_lengths_B(self) -> torch.Tensor:

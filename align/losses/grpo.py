@@ -22,7 +22,11 @@ What it does:
   `grpo`, `dapo` and `dr_grpo` give the same gradient whatever the number of processes or
   accumulation steps; `bnpo` is TRL's per-micro-batch form and does not (kept to match TRL);
 - `grpo_loss(...)`: the two composed, with the statistics TRL logs (clip fractions low/high/region,
-  KL, ratio).
+  KL, ratio); optional per-token weights multiply each token's loss before aggregation;
+- `truncated_importance_weights(trainer_logps_BT, sampler_logps_BT, cap)`: those weights for a
+  rollout an inference engine sampled (veRL's truncated importance sampling, Yao et al. 2025,
+  "Your efficient RL framework secretly brings you off-policy RL training"):
+      w_t = min(pi_trainer(y_t) / pi_sampler(y_t), cap), no gradient.
 
 Tensor names: `_B` one entry per completion, `_BT` completion tokens (0 off the mask).
 What it leaves out: sampling and log-probs (`align.experience`), the loop (`align.trainers.grpo`).
@@ -181,9 +185,11 @@ LOSS_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, LossDenominat
 def grpo_loss(logps_BT: torch.Tensor, old_logps_BT: torch.Tensor, advantages_B: torch.Tensor, mask_BT: torch.Tensor,
               denominators: LossDenominators, aggregation: str = "grpo", clip_low: float = 0.2, clip_high: float = 0.2,
               ref_logps_BT: torch.Tensor | None = None, kl_coef: float = 0.0,
-              kl_estimator: str = "k3", kl_importance_weighted: bool = False) -> tuple[torch.Tensor, Stats]:
+              kl_estimator: str = "k3", kl_importance_weighted: bool = False,
+              token_weights_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
     """This micro-batch's share of the loss of one optimizer step (module docstring), and stats
-    (means over this micro-batch's completion tokens)."""
+    (means over this micro-batch's completion tokens). `token_weights_BT` (no gradient) scales
+    each token's loss, the aggregation's denominators unchanged (`truncated_importance_weights`)."""
     try:
         aggregate = LOSS_AGGREGATIONS[aggregation]
     except KeyError:
@@ -191,9 +197,19 @@ def grpo_loss(logps_BT: torch.Tensor, old_logps_BT: torch.Tensor, advantages_B: 
     mask_BT = mask_BT.to(logps_BT.dtype)
     loss_BT, info = per_token_policy_loss(logps_BT, old_logps_BT, advantages_B, clip_low, clip_high, ref_logps_BT,
                                           kl_coef, kl_estimator, kl_importance_weighted)
+    if token_weights_BT is not None:
+        loss_BT = loss_BT * token_weights_BT.detach().to(loss_BT.dtype)
     loss = aggregate(loss_BT, mask_BT, denominators)
     with torch.no_grad():
         tokens = mask_BT.sum().clamp(min=1.0)
         stats = {name: (values * mask_BT).sum() / tokens for name, values in info.items()}
         stats["clipped_region"] = stats["clipped_low"] + stats["clipped_high"]
     return loss, stats
+
+
+def truncated_importance_weights(trainer_logps_BT: torch.Tensor, sampler_logps_BT: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token truncated importance weights (module docstring): min(exp(log p_trainer - log
+    p_sampler), cap) of the sampled tokens, detached (B, T)."""
+    if cap < 1:
+        raise ValueError(f"the truncation cap must be at least 1, got {cap}")
+    return torch.exp(trainer_logps_BT.detach().float() - sampler_logps_BT.detach().float()).clamp(max=cap)

@@ -205,8 +205,9 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float, accelerato
     return float(norm)
 
 
-def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float]:
-    """Task evaluation (greedy and sampled accuracy, gold score, length) on the main process."""
+def evaluate(run: Run, model, tokenizer, split: str = "eval", generate_fn=None) -> dict[str, float]:
+    """Task evaluation (greedy and sampled accuracy, gold score, length) on the main process;
+    `generate_fn` samples instead of `align.rollout.generate` (a rollout engine's)."""
     cfg = run.cfg
     if not cfg.eval.enabled or cfg.data.task is None:
         return {}
@@ -219,6 +220,7 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval") -> dict[str, float
         with memory_phase("eval"):
             result = evaluate_task(
                 model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
+                **({"generate_fn": generate_fn} if generate_fn is not None else {}),
                 seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
                 chat_template=cfg.data.chat_template, temperature=cfg.eval.temperature,
             )
@@ -288,17 +290,21 @@ def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, traina
     return TrainResult(str(run.run_dir), model, result)
 
 
-def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids: list[int]) -> dict[str, float]:
+def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids: list[int], engine=None) -> dict[str, float]:
     """The evaluation of an on-policy run (PPO, GRPO): on a built-in task, greedy and sampled
     accuracy with the policy adapter active; on a prompt file (`eval_rows`), the training reward
-    of greedy and sampled responses (`align.experience.evaluate_prompts`), on the main process."""
+    of greedy and sampled responses (`align.experience.evaluate_prompts`), on the main process.
+    `engine` (rollout.engine vllm): it samples, through the policy adapter synced first."""
+    if engine is not None:
+        engine.sync(base)
     with base.role("policy") as policy_model:
-        metrics = evaluate(run, policy_model, base.tokenizer)
+        metrics = evaluate(run, policy_model, base.tokenizer, generate_fn=engine.generate if engine is not None else None)
     if eval_rows:
         from align.experience import evaluate_prompts
 
         with memory_phase("eval"):
-            metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval")) if run.is_main or run.sharded else {}
+            metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval"),
+                                       engine=engine) if run.is_main or run.sharded else {}
         metrics = metrics if run.is_main else {}
         run.accelerator.wait_for_everyone()
     return metrics

@@ -30,7 +30,10 @@ The pieces are pure functions in `align.losses.grpo` (checked against TRL's GRPO
 tests/test_grpo_trl_oracle.py). Dropout: the base model's own is removed (`align.dropout`) unless
 `train.model_dropout`; sampling and old log-probs run in eval mode, the update in train mode.
 
-Left out: vLLM generation, multi-turn/tool rollouts, sequence-level importance sampling (GSPO),
+`rollout.engine: vllm` samples with a colocated vLLM engine instead (`align.vllm_engine`; the
+adapter alone is synced; `rollout.tis_cap` optionally corrects for its log-probs).
+
+Left out: multi-turn/tool rollouts, sequence-level importance sampling (GSPO),
 entropy bonuses, resampling to replace dropped groups (DAPO's dynamic sampling refills the batch;
 here a dropped group is simply left out of the loss).
 """
@@ -47,15 +50,16 @@ from align.data.batching import BatchStream, chunks, shard
 from align.data.loading import SkipCounter
 from align.data.prompts import load_train_and_eval_prompts
 from align.experience import (
-    RolloutRewards, completion_generators, eos_token_ids, response_logprobs, sample_and_score,
+    RolloutRewards, completion_generators, eos_token_ids, mismatch_stats, response_logprobs, sample_and_score,
 )
-from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss
+from align.losses.grpo import LossDenominators, group_advantages, group_stats, grpo_loss, truncated_importance_weights
 from align.memory import count_parameters, memory_by_role, memory_phase, memory_report, peak_bytes
 from align.trainers.common import (
     TrainResult, add_policy_and_reference, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step,
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
     resume_step, save_policy, shard_if_asked, start_loop, start_run, sum_over_processes,
 )
+from align.vllm_engine import build_rollout_engine
 
 
 def local_prompt_positions(num_prompts: int, prompts_per_minibatch: int, rank: int, world: int) -> list[int]:
@@ -78,6 +82,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     base = load_shared_base(cfg, run)
     add_policy_and_reference(base, "rollout.init_adapter", r.init_adapter)
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
+    engine = build_rollout_engine(cfg, base, run.sharded)  # rollout.engine vllm; None for hf
     policy_model, tokenizer = base.role_model("policy"), base.tokenizer
     policy_model.eval()  # eval mode except during the update's forward passes
     eos_ids = eos_token_ids(base.model, tokenizer)
@@ -106,7 +111,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
     save = checkpoint_saver(run, named_params, optimizers, schedulers, save_adapter=lambda d: base.save_role("policy", d))
 
     def evaluate_policy() -> dict[str, float]:
-        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids)
+        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids, engine)
 
     # ---- loop -----------------------------------------------------------------------------------
     headline = (
@@ -125,7 +130,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         generators = completion_generators(cfg.train.seed, step, [p * g.group_size + j for p in positions
                                                                    for j in range(g.group_size)])
         samples = sample_and_score(base, rows, rewards, cfg, generators, eos_ids, reference=uses_reference,
-                                   old_logprobs=not on_policy_only)
+                                   old_logprobs=not on_policy_only, engine=engine)
 
         # ---- advantages from each group; the zero-variance filter
         scores_B = samples.scores_B
@@ -149,6 +154,7 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         policy_model.train()
         sums: dict[str, float] = {"loss": 0.0}
         grad_norms, updates = [], 0
+        update_logps = []  # on-policy only, with an engine: the trainer's log-probs, for the mismatch
         for _ in range(g.epochs):
             for k in range(minibatches):
                 sequences, tokens = counts[2 * k], counts[2 * k + 1]
@@ -161,10 +167,15 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                             base, "policy", samples.input_ids_BL[micro], samples.attention_mask_BL[micro],
                             samples.response_mask_BT[micro], r.temperature, with_entropy=True)
                         old_logps_BT = logps_BT.detach() if on_policy_only else samples.old_logps_BT[micro]
+                        if on_policy_only and samples.sampler_logps_BT is not None:
+                            update_logps.append((micro, old_logps_BT))
+                        tis_BT = (truncated_importance_weights(old_logps_BT, samples.sampler_logps_BT[micro], r.tis_cap)
+                                  if r.tis_cap is not None and samples.sampler_logps_BT is not None else None)
                         loss, stats = grpo_loss(
                             logps_BT, old_logps_BT, advantages_B[micro], loss_mask_BT[micro], denominators,
                             g.loss_aggregation, g.clip_low, g.clip_high,
-                            samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator)
+                            samples.ref_logps_BT[micro] if uses_reference else None, r.kl_coef, r.kl_estimator,
+                            token_weights_BT=tis_BT)
                     # x world: all_reduce_gradients AVERAGES over processes, the loss shares SUM
                     with memory_phase("update/backward"):
                         (loss * run.world).backward()
@@ -184,6 +195,10 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         local = {**samples.stats, **{k: v / max(updates, 1) for k, v in sums.items()}, "time/update": time.time() - t0}
         local["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         local.setdefault("entropy", local.get("update_entropy", 0.0))  # no old-log-prob forward: the update's
+        if update_logps:  # the training-inference mismatch against the update's own (detached) log-probs
+            index = [i for micro, _ in update_logps for i in micro]
+            local.update(mismatch_stats(torch.cat([logps for _, logps in update_logps]), samples.sampler_logps_BT[index],
+                                        samples.response_mask_BT[index]))
 
         # ---- statistics over processes
         metrics = mean_over_processes(run, local)

@@ -69,6 +69,7 @@ from align.trainers.common import (
     evaluate_on_policy, finish_run, load_shared_base, make_optimizer, make_scheduler, mean_over_processes,
     resume_step, save_policy, shard_if_asked, start_loop, start_run,
 )
+from align.vllm_engine import build_rollout_engine
 
 # ---------------------------------------------------------------- PPO's own pieces: values, GAE, loss
 
@@ -181,6 +182,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     base = load_shared_base(cfg, run)
     add_policy_and_reference(base, "rollout.init_adapter", cfg.rollout.init_adapter)
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
+    engine = build_rollout_engine(cfg, base, run.sharded)  # rollout.engine vllm; None for hf
     base.add_value(init_from_reward=ppo.value_init_from_reward)
     if ppo.value_head_init == "zero" and not ppo.value_init_from_reward:
         with torch.no_grad():
@@ -224,7 +226,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
                             extra=lambda: {"kl_controller": kl_ctl.state_dict()})
 
     def evaluate_policy() -> dict[str, float]:
-        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids)
+        return evaluate_on_policy(run, base, eval_rows, rewards.train, eos_ids, engine)
 
     # ---- loop -----------------------------------------------------------------------------------
     headline = (
@@ -239,7 +241,8 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         # ---- rollout and experience (this process's share of the prompts)
         rows = [train_rows[i] for i in shard(stream.batch(step), run.rank, run.world)]
         mine = range(run.rank * local_rollout, (run.rank + 1) * local_rollout)  # global positions of this process's rows
-        samples = sample_and_score(base, rows, rewards, cfg, completion_generators(cfg.train.seed, step, list(mine)), eos_ids)
+        samples = sample_and_score(base, rows, rewards, cfg, completion_generators(cfg.train.seed, step, list(mine)), eos_ids,
+                                   engine=engine)
         exp = ppo_experience(base, samples, kl_ctl.value, cfg, acc)
         run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples,
                                  exp.advantages_BT[mine.start : mine.stop, : samples.response_mask_BT.shape[1]],
