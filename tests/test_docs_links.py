@@ -16,7 +16,7 @@ GUIDES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # what a r
 PAGES = [*GUIDES, *sorted((REPO / "results").rglob("*.md"))]
 
 FENCE = re.compile(r"^\s*(```|~~~)")
-CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$")
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -25,8 +25,17 @@ RECIPE_PATH = re.compile(r"(?<![\w./-])(recipes/[\w./-]+\.yaml)\b")
 
 
 def split_code(text: str) -> tuple[list[str], list[str]]:
-    """(prose lines with code spans blanked, code: the fenced blocks' lines and the code spans)."""
-    prose, code, fenced = [], [], None
+    """(prose lines with code spans blanked, code: the fenced blocks' lines and the code spans).
+    A code span may run over a line break inside its paragraph, as in CommonMark."""
+    prose, code, fenced, paragraph = [], [], None, []
+
+    def flush():
+        joined = "\n".join(paragraph)
+        code.extend(m.group(2).replace("\n", " ") for m in CODE_SPAN.finditer(joined))
+        blanked = CODE_SPAN.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), joined)
+        prose.extend(blanked.split("\n") if paragraph else [])
+        paragraph.clear()
+
     for line in text.splitlines():
         mark = FENCE.match(line)
         if fenced is not None:
@@ -34,12 +43,15 @@ def split_code(text: str) -> tuple[list[str], list[str]]:
                 fenced = None
             else:
                 code.append(line)
-            continue
-        if mark:
+        elif mark:
+            flush()
             fenced = mark.group(1)
-            continue
-        code += [m.group(2) for m in CODE_SPAN.finditer(line)]
-        prose.append(CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line))
+        elif not line.strip():
+            flush()
+            prose.append(line)
+        else:
+            paragraph.append(line)
+    flush()
     return prose, code
 
 
@@ -125,10 +137,22 @@ def test_every_relative_link_resolves(page):
     assert broken_links(page) == []
 
 
+def run_paths(page: Path) -> set[str]:
+    """The scripts (`python scripts/...`, `bash scripts/...`) and recipes a page's code names."""
+    _, code = split_code(page.read_text())
+    return {p for chunk in code for p in RUN_PATH.findall(chunk) + RECIPE_PATH.findall(chunk)}
+
+
+def test_the_checker_reads_commands_from_code_only(tmp_path):
+    (tmp_path / "a.md").write_text("Run (`OMP_NUM_THREADS=1 python scripts/studies/x.py\nrecipes/a.yaml`), not python "
+                                   "scripts/prose.py.\n\n```bash\nbash scripts/tools/y.sh recipes/b/c.yaml\n```\n"
+                                   "`python scripts/<kind>/<name>.py` `recipes/$r.yaml`\n")
+    assert run_paths(tmp_path / "a.md") == {"scripts/studies/x.py", "recipes/a.yaml", "scripts/tools/y.sh", "recipes/b/c.yaml"}
+
+
 @pytest.mark.parametrize("page", GUIDES, ids=_name)
 def test_every_script_and_recipe_it_says_to_run_exists(page):
-    _, code = split_code(page.read_text())
-    named = {p for chunk in code for p in RUN_PATH.findall(chunk) + RECIPE_PATH.findall(chunk)}
+    named = run_paths(page)
     assert [p for p in sorted(named) if not (REPO / p).is_file()] == []
     if page.name == "README.md":
         assert named, "the README names no script or recipe: the patterns above no longer match it"
