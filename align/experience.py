@@ -39,9 +39,13 @@ from typing import Any
 
 import torch
 
+from align.config import reward_spec
 from align.data.prompts import render_prompts
 from align.losses.policy import masked_mean
 from align.memory import memory_phase
+from align.preflight import adapter_load_errors
+from reward_models.base import build_reward
+from reward_models.learned import load_learned_reward
 
 
 @dataclass
@@ -53,14 +57,8 @@ class RolloutRewards:
 
     @classmethod
     def from_recipe(cls, cfg, base) -> "RolloutRewards":
-        from align.config import reward_spec
-        from align.preflight import adapter_load_errors
-        from reward_models.base import build_reward
-
         spec = reward_spec(cfg)
         if spec.uses_learned:
-            from reward_models.learned import load_learned_reward
-
             with adapter_load_errors("rollout.reward_model", cfg.rollout.reward_model):
                 load_learned_reward(cfg.rollout.reward_model, base)  # adds the frozen reward role
         gold = build_reward(cfg.rollout.gold_reward) if cfg.rollout.gold_reward else None

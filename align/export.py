@@ -54,7 +54,10 @@ import torch
 import yaml
 
 from align.config import ConfigError
+from align.gguf_export import GGUFExportError, gguf_refusal, write_llama_gguf
+from align.models import DTYPES, load_model_and_tokenizer
 from align.role_helpers import HEAD_FILE, read_head_state, readout_of_state
+from reward_models.learned import resolve_reward_dir
 
 EXPORT_FILE = "align_export.json"
 PAD_TOKEN = "<|pad|>"
@@ -71,8 +74,6 @@ def _reward_dir(run_dir: Path) -> Path:
         raise ExportError(f"{run_dir} does not exist")
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir} is not a directory")
-    from reward_models.learned import resolve_reward_dir
-
     try:
         return resolve_reward_dir(run_dir)
     except FileNotFoundError as err:
@@ -99,8 +100,6 @@ def _run_settings(reward_dir: Path) -> dict[str, Any]:
 def _causal_lm(reward_dir: Path, settings: dict[str, Any]):
     """The reward role's causal LM (LoRA merged in) and the tokenizer it was trained with."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from align.models import DTYPES, load_model_and_tokenizer
 
     if settings["mode"] == "lora":
         from peft import PeftModel
@@ -239,9 +238,6 @@ def export_policy(run_dir: str | os.PathLike, out_dir: str | os.PathLike, gguf: 
         align export-policy RUN_DIR OUT_DIR [--gguf [--gguf-type f16|f32]]
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from align.gguf_export import GGUFExportError, gguf_refusal, write_llama_gguf
-    from align.models import DTYPES, load_model_and_tokenizer
 
     run = Path(run_dir)
     recipe, policy_dir, mode = _policy_run(run)

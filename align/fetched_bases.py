@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from align.config import ConfigError
+from align.gguf_io import convert_gguf
 from align.home import align_home, file_sha256
 
 
@@ -141,8 +142,6 @@ def _obtain_gguf(spec: FetchedBase, workdir: Path) -> tuple[Path, str]:
 def fetch_base(name: str, force: bool = False, say=print) -> str:
     """The converted folder of fetched base `name`, obtaining and converting it first when it is
     not there (or `force`); says in one line what it did."""
-    from align.gguf_io import convert_gguf
-
     spec = _spec(name)
     final = fetched_base_dir(name)
     if is_fetched(name) and not force:

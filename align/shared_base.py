@@ -75,11 +75,13 @@ from align.compat import enable_activation_checkpointing
 from align.config import LoraSettings
 from align.logprobs import DEFAULT_LOGPROB_CHUNK_BYTES, TokenLogProbs, final_hidden_states, sum_and_mean_logprobs, token_logprobs
 from align.lora import peft_lora_config
+from align.models import load_model_and_tokenizer
 from align.modes import eval_mode
 from align.role_helpers import (
     HEAD_FILE, CheckpointContextFn, check_readout, ScalarHead, hidden_size, load_full_weights, read_head_state, readout_of_state,
     save_head,
 )
+from align.rollout import generate as rollout_generate
 from align.tensors import last_token_index
 
 ROLES = ("policy", "reference", "reward", "value")
@@ -145,8 +147,6 @@ class SharedBase:
     @classmethod
     def from_pretrained(cls, name: str, mode: str = "lora", lora: Any = None, **kwargs: Any) -> "SharedBase":
         """Load a model and tokenizer with `align.models.load_model_and_tokenizer` and wrap them."""
-        from align.models import load_model_and_tokenizer
-
         model, tokenizer = load_model_and_tokenizer(name, **kwargs)
         return cls(model, tokenizer, mode=mode, lora=lora)
 
@@ -484,8 +484,6 @@ class SharedBase:
     def generate(self, role: str, prompts: Any, **kwargs: Any) -> Any:
         """Sample from `role` with `align.rollout.generate(model, tokenizer, prompts, **kwargs)`,
         under no_grad and in eval mode (dropout off); modes are restored afterwards."""
-        from align.rollout import generate as rollout_generate
-
         with torch.no_grad(), self.role(role) as model, eval_mode(model):
             return rollout_generate(model, self.tokenizer, prompts, **kwargs)
 

@@ -44,6 +44,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from align.losses.policy import get_kl_estimator
+
 # ---- wandb names --------------------------------------------------------------------------------
 
 NAMESPACES = ("train", "rollout", "reward", "eval", "memory", "time")
@@ -252,8 +254,6 @@ class Tracker:
             values = advantages[mask_BT] if advantages.shape == mask_BT.shape else advantages.flatten()
             hists["rollout/hist/advantage"] = values.float().cpu().numpy()
         if kl_estimator and samples.old_logps_BT is not None and samples.ref_logps_BT is not None:
-            from align.losses.policy import get_kl_estimator
-
             kl_BT = get_kl_estimator(kl_estimator)(samples.old_logps_BT.float(), samples.ref_logps_BT.float())
             hists["rollout/hist/kl_per_token"] = kl_BT[mask_BT].cpu().numpy()
         self._wandb.log({**self._axes(step), **{k: wandb.Histogram(v) for k, v in hists.items() if len(v)}}, step=step)

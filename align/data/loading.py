@@ -52,6 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from align.tasks import task_for
+from align.tasks.arithmetic import pretrain_rows
+
 
 class DataError(ValueError):
     """A malformed data row, reported with its file, line (or row) number and field."""
@@ -454,8 +457,6 @@ def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: Sk
         source = path
     elif data.task == "pretrain":
         # The base's pretraining corpus (train-split problems only); held-out loss is not used.
-        from align.tasks.arithmetic import pretrain_rows
-
         if split != "train":
             return []
         rows = rows_from_task(
@@ -464,8 +465,6 @@ def load_examples(data, tokenizer, kind: str, split: str, seed: int, skipped: Sk
         )
         source = "builtin:pretrain"
     elif data.task is not None:
-        from align.tasks import task_for
-
         task = task_for(data)
         n = data.num_train if split == "train" else data.num_eval
         produce = task.sft_rows if kind == "sft" else task.preference_rows

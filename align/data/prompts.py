@@ -37,6 +37,7 @@ from typing import Any
 
 from align.config import is_local_data, reward_spec
 from align.data.loading import DataError, Row, SkipCounter, convert_rows, no_rows_error, read_rows
+from align.tasks import task_for
 from reward_models.base import parse_reward_spec
 
 
@@ -83,8 +84,6 @@ def load_prompt_rows(cfg, split: str, skipped: SkipCounter | None = None) -> lis
     if path is None:
         if data.task is None:
             return []
-        from align.tasks import task_for
-
         n = data.num_train if split == "train" else data.num_eval
         return task_for(data).prompts(split, n, cfg.train.seed)
     before = Counter(skipped.counts)

@@ -22,13 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig, save_resolved
 from align.data.batching import chunks as _chunks
 from align.data.batching import shard as _shard
+from align.distributed import shard_frozen_base
+from align.dropout import disable_model_dropout
+from align.evaluation import evaluate_task
+from align.experience import evaluate_prompts
 from align.lora import lr_rule_ratio
 from align.memory import memory_phase, peak_bytes
-from align.preflight import preflight
-from align.tracking import Tracker, new_run_dir
+from align.models import load_model_and_tokenizer
+from align.preflight import adapter_load_errors, preflight
+from align.shared_base import SharedBase
+from align.tasks import task_for
+from align.tracking import Tracker, new_run_dir, progress
 
 
 @dataclass
@@ -131,10 +139,6 @@ def load_shared_base(cfg: RecipeConfig, run: Run):
     The base model's own dropout is removed (`align.dropout`, as TRL does) unless
     `train.model_dropout`; `lora.dropout` is untouched. `train.activation_checkpointing` and
     `train.logprob_chunk_mib` are set on it here."""
-    from align.dropout import disable_model_dropout
-    from align.models import load_model_and_tokenizer
-    from align.shared_base import SharedBase
-
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     if not cfg.train.model_dropout:
         disable_model_dropout(model)
@@ -152,8 +156,6 @@ def shard_if_asked(run: Run, model, keep_whole) -> None:
     the first forward; adapters keep their identity, so an optimizer made before holds the same
     tensors."""
     if run.sharded:
-        from align.distributed import shard_frozen_base
-
         layers = shard_frozen_base(model, keep_whole)
         run.print(f"fsdp: base sharded over {run.world} processes, {layers} decoder layers (adapters and heads whole)")
 
@@ -161,8 +163,6 @@ def shard_if_asked(run: Run, model, keep_whole) -> None:
 def add_policy_and_reference(base, key: str, init_adapter: str | None) -> None:
     """The policy (fresh, or started from the saved adapter that recipe key `key` names) and its
     frozen reference; a saved adapter that does not fit the model is one ConfigError line."""
-    from align.preflight import adapter_load_errors
-
     with adapter_load_errors(key, init_adapter):
         base.add_policy(init_adapter=init_adapter)
         base.add_reference()
@@ -213,9 +213,6 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval", generate_fn=None) 
         return {}
     result: dict[str, float] = {}
     if run.is_main or run.sharded:
-        from align.evaluation import evaluate_task
-        from align.tasks import task_for
-
         model = run.accelerator.unwrap_model(model)
         with memory_phase("eval"):
             result = evaluate_task(
@@ -232,8 +229,6 @@ def start_loop(run: Run, start_step: int, evaluate, desc: str, headline: str):
     """Before the first step: print the run's `headline` (what trains, on what data, at which LR,
     where it writes), `evaluate()` a fresh run (not a resumed one) and log it at step 0;
     returns (eval_before, the progress bar over the run's steps)."""
-    from align.tracking import progress
-
     run.print(f"{headline}; run dir {run.run_dir}")
     eval_before = evaluate() if start_step == 0 else {}
     log_eval(run, eval_before, 0)
@@ -300,8 +295,6 @@ def evaluate_on_policy(run: Run, base, eval_rows: list[dict], reward_fn, eos_ids
     with base.role("policy") as policy_model:
         metrics = evaluate(run, policy_model, base.tokenizer, generate_fn=engine.generate if engine is not None else None)
     if eval_rows:
-        from align.experience import evaluate_prompts
-
         with memory_phase("eval"):
             metrics = evaluate_prompts(base, eval_rows, reward_fn, run.cfg, eos_ids, run.tracker.sample_sink("eval"),
                                        engine=engine) if run.is_main or run.sharded else {}
@@ -363,8 +356,6 @@ def resume_step(run: Run, named_params, optimizers: dict, schedulers: dict) -> i
 
     Metrics rows from after the checkpoint are dropped: the resumed run writes them again.
     """
-    from align.checkpoint import latest_checkpoint, load_checkpoint
-
     if not run.cfg.resume:
         return 0
     ckpt = latest_checkpoint(run.run_dir)
@@ -383,8 +374,6 @@ def checkpoint_saver(run: Run, named_params, optimizers: dict, schedulers: dict,
     `save_adapter(dir)` (LoRA mode) writes the adapter in peft format inside the checkpoint;
     `extra()` returns trainer state to keep (e.g. the KL controller).
     """
-    from align.checkpoint import save_checkpoint
-
     def save(step: int) -> None:
         if run.is_main:
             save_checkpoint(
