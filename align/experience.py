@@ -109,9 +109,9 @@ class Samples:
     scores_B: torch.Tensor  # with the no-stop penalty applied: what the method optimises
     stopped_B: torch.Tensor  # True where the response ended with EOS
     texts: list[str]
-    sampler_logps_BT: torch.Tensor | None = None  # the inference engine's log-probs of the sampled tokens (vllm), else None
     stats: dict[str, float]
     gold_scores: list[float] | None = None  # the gold reward of each response, where one is configured
+    sampler_logps_BT: torch.Tensor | None = None  # the inference engine's log-probs of the sampled tokens (vllm), else None
 
     def __len__(self) -> int:
         return self.input_ids_BL.shape[0]
@@ -169,12 +169,12 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
     prompts, answers = [row["prompt"] for row in rows], [row["answer"] for row in rows]
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
 
+    # ---- rollout: batched sampling from the policy (eval mode, no grad, KV cache, left padding)
+    t0 = time.time()
     sampling = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                     batch_size=max(len(rendered), 1), add_special_tokens=not cfg.data.chat_template,
                     **({"row_generators": generator} if isinstance(generator, list) else {"generator": generator}),
                     eos_token_ids=eos_ids, progress=False)
-    # ---- rollout: batched sampling from the policy (eval mode, no grad, KV cache, left padding)
-    t0 = time.time()
     with memory_phase("rollout"):
         if engine is None:
             rollout = base.generate("policy", rendered, **sampling)
@@ -264,10 +264,10 @@ def evaluate_prompts(base, rows: list[dict], reward_fn, cfg, eos_ids: list[int],
     `engine`: sample with it (`sample_and_score`) instead of the hf loop."""
     rows = rows[: cfg.eval.num_prompts]
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
-    if engine is not None:
-        engine.sync(base)
     rendered = render_prompts(prompts, base.tokenizer, cfg.data.chat_template)
     out: dict[str, float] = {}
+    if engine is not None:
+        engine.sync(base)
     for kind, sample in (("greedy", False), ("sampled", True)):
         sampling = dict(max_new_tokens=cfg.eval.max_new_tokens, do_sample=sample, temperature=1.0,
                         batch_size=cfg.rollout.forward_batch_size, seed=cfg.train.seed,

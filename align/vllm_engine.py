@@ -126,6 +126,9 @@ class VLLMEngine:
         return moved
 
     def close(self) -> None:
+        """Shut the engine down (vLLM's teardown also destroys torch.distributed's default group:
+        call it after the last collective) and remove the synced adapter's folder."""
+        self.llm.llm_engine.engine_core.shutdown()
         if self._adapter_dir is not None:
             shutil.rmtree(self._adapter_dir, ignore_errors=True)
             self._adapter_dir = None

@@ -140,9 +140,11 @@ def test_greedy_and_seeded_generation_keep_the_hf_contract(setup):
     assert ours.sampler_logps_BT is None  # greedy: no sampled distribution to compare
 
 
-def _train(tmp_path, recipe, *overrides):
+def _train(tmp_path, recipe, *overrides, processes: int = 1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "align.cli", "train", str(REPO / "recipes" / recipe), f"output_dir={tmp_path}",
+    launch = ([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml")] if processes == 2 else [sys.executable])
+    cmd = [*launch, "-m", "align.cli", "train", str(REPO / "recipes" / recipe), f"output_dir={tmp_path}",
            "rollout.engine=vllm", "train.steps=2", "train.log_every=1", "eval.num_prompts=32", "tracking.wandb=false", *overrides]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -167,3 +169,15 @@ def test_ppo_runs_end_to_end_through_the_engine(tmp_path):
     _, rows, _ = _train(tmp_path, "ppo_lora.yaml", "eval.enabled=false")
     steps = [r for r in rows if "rollout/sync_bytes" in r]
     assert len(steps) == 2 and all(r["rollout/logprob_mismatch_max"] < 1e-3 for r in steps)
+
+
+@pytest.mark.slow
+def test_two_processes_sample_what_one_process_samples_through_the_engine(tmp_path):
+    """Each process builds its own engine and samples its share with the completions' global
+    seeds: the rollouts (scores, lengths) of 2 processes equal 1 process's, iteration by iteration."""
+    keys = ("reward/score", "response_length", "no_stop_fraction")
+    _, one, _ = _train(tmp_path / "one", "grpo_lora.yaml", "eval.enabled=false")
+    out, two, _ = _train(tmp_path / "two", "grpo_lora.yaml", "eval.enabled=false", processes=2)
+    assert "Traceback" not in out  # the engines' teardown comes before torch.distributed's
+    one, two = ([{k: r[k] for k in keys} for r in rows if "reward/score" in r] for rows in (one, two))
+    assert len(one) == 2 and one == two

@@ -217,9 +217,9 @@ def evaluate(run: Run, model, tokenizer, split: str = "eval", generate_fn=None) 
         with memory_phase("eval"):
             result = evaluate_task(
                 model, tokenizer, task_for(cfg.data), n=cfg.eval.num_prompts, split=split,
-                **({"generate_fn": generate_fn} if generate_fn is not None else {}),
                 seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens, samples=run.tracker.sample_sink("eval"),
                 chat_template=cfg.data.chat_template, temperature=cfg.eval.temperature,
+                **({"generate_fn": generate_fn} if generate_fn is not None else {}),
             )
     run.accelerator.wait_for_everyone()
     return result if run.is_main else {}
@@ -267,11 +267,11 @@ def save_policy(base, run_dir: Path) -> Path:
 
 
 def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, trainable: int, total: int,
-               extra=None, model: Any = None) -> TrainResult:
+               extra=None, model: Any = None, engine=None) -> TrainResult:
     """The end of every trainer: the last checkpoint (`save`), the trained roles or model
     (`save_outputs(run_dir)`, main process only), the final evaluation, `summary.json` with
     `extra(eval_after)` (called after the evaluation, so memory peaks include it), and accelerate's
-    teardown."""
+    teardown (after the rollout `engine`'s, whose vLLM teardown also ends torch.distributed)."""
     steps = run.cfg.train.steps
     save(steps)
     if run.is_main:
@@ -281,6 +281,8 @@ def finish_run(run: Run, save, save_outputs, evaluate, eval_before: dict, traina
     result = summary(run, eval_before, eval_after, trainable, total, extra(eval_after) if extra is not None else None)
     run.tracker.finish(result)
     run.accelerator.wait_for_everyone()
+    if engine is not None:
+        engine.close()
     run.accelerator.end_training()
     return TrainResult(str(run.run_dir), model, result)
 

@@ -220,4 +220,4 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
                           "kl_coef": r.kl_coef, "completions": cfg.train.steps * g.prompts_per_iteration * g.group_size,
                           "optimizer_updates": total_updates, "memory_bytes": memory_report(base, optimizer),
                           "memory_by_role": memory_by_role(base, optimizer), "skipped_rows": skipped.total,
-                      }, model=base)
+                      }, model=base, engine=engine)

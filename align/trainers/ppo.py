@@ -299,4 +299,4 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         "minibatch_size": ppo.minibatch_size, "ppo_epochs": ppo.ppo_epochs, "optimizer_updates": total_updates,
         "value_learning_rate": value_lr, "final_kl_coef": kl_ctl.value, "memory_bytes": memory_report(base, optimizer),
         "memory_by_role": memory_by_role(base, optimizer), "skipped_rows": skipped.total,
-    }, model=base)
+    }, model=base, engine=engine)
