@@ -226,14 +226,14 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
         "time/forward": t_forward,
         "response_tokens": float(sum(lengths)),
     }
+    if old_logprobs:
+        stats["entropy"] = float(masked_mean(torch.cat(entropies), response_mask_BT.bool()))
     sampler_logps_BT = rollout.sampler_logps_BT.to(base.device) if rollout.sampler_logps_BT is not None else None
     if engine is not None:
         stats["rollout/sync_bytes"] = float(engine.last_sync_bytes)  # what one adapter sync moves
         stats["rollout/syncs"] = float(engine.syncs)  # adapter syncs so far
         if old_logprobs and sampler_logps_BT is not None:
             stats.update(mismatch_stats(torch.cat(logps), sampler_logps_BT, response_mask_BT))
-    if old_logprobs:
-        stats["entropy"] = float(masked_mean(torch.cat(entropies), response_mask_BT.bool()))
     if gold is not None:
         stats["reward/gold"] = _mean(gold)
     for key, per_row in scored.info.items():  # a weighted sum's terms, e.g. "learned/score"
