@@ -126,3 +126,19 @@ def test_every_moved_ppo_key_names_its_new_home():
         assert key in {f.name for f in __import__("dataclasses").fields(getattr(RecipeConfig(), section))}, new
         with pytest.raises(ConfigError, match=f"{old} has moved to {new}"):
             load_recipe(None, ["method=ppo", f"{old}=1"])
+
+
+def test_rollout_engine_settings_are_checked():
+    fast = ["method=grpo", "model=scratch:test"]
+    assert load_recipe(None, fast).rollout.engine == "hf"  # the default needs nothing new
+    assert load_recipe(None, fast + ["rollout.engine=vllm", "rollout.tis_cap=2"]).rollout.tis_cap == 2
+    with pytest.raises(ConfigError, match="rollout.engine vllm needs mode lora"):
+        load_recipe(None, fast + ["rollout.engine=vllm", "mode=full"])
+    with pytest.raises(ConfigError, match="rollout.tis_cap must be at least 1 and needs rollout.engine vllm"):
+        load_recipe(None, fast + ["rollout.tis_cap=2"])
+    with pytest.raises(ConfigError, match="rollout.tis_cap is implemented for grpo only"):
+        load_recipe(None, ["method=ppo", "model=scratch:test", "rollout.engine=vllm", "rollout.tis_cap=2"])
+    with pytest.raises(ConfigError, match="rollout.vllm_gpu_memory_utilization"):
+        load_recipe(None, fast + ["rollout.vllm_gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match="unknown key|must be one of|rollout.engine"):
+        load_recipe(None, fast + ["rollout.engine=sglang"])

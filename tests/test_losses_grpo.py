@@ -23,6 +23,7 @@ from align.losses.grpo import (
     group_stats,
     grpo_loss,
     per_token_policy_loss,
+    truncated_importance_weights,
 )
 
 # Two groups of G = 4: prompt 0 half right, prompt 1 always right (no learning signal).
@@ -228,6 +229,27 @@ def test_grpo_loss_end_to_end_by_hand(aggregation, expected):
     loss, stats = grpo_loss(logps_BT, old_logps_BT, torch.tensor([1.0, -2.0]), MASK_BT, d, aggregation)
     _close(loss, expected)
     _close(stats["ratio"], 1.0)
+
+
+def test_truncated_importance_weights_by_hand_and_in_the_loss():
+    """w = min(p_trainer / p_sampler, cap): a sampler that put less mass on a token than the trainer
+    gets weight > 1 (capped), more mass < 1; the weights scale each token's loss, not the
+    denominators, and carry no gradient."""
+    trainer_BT = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, 5.0, 5.0]], requires_grad=True)
+    sampler_BT = torch.tensor([[-1.0, -2.0 - math.log(3.0), -0.5 + math.log(2.0)], [-3.0 - math.log(1.5), 0.0, 0.0]])
+    w_BT = truncated_importance_weights(trainer_BT, sampler_BT, cap=2.0)
+    _close(w_BT[:, :3], [[1.0, 2.0, 0.5], [1.5, 2.0, 2.0]], atol=1e-5)  # 3 and e^5 capped at 2
+    assert not w_BT.requires_grad
+    with pytest.raises(ValueError, match="at least 1"):
+        truncated_importance_weights(trainer_BT, sampler_BT, cap=0.5)
+    # dapo: token mean over the 4 masked tokens of -A x w: (-1 x 1 - 1 x 2 - 1 x 0.5 + 2 x 1.5) / 4
+    d = LossDenominators(sequences=2, tokens=4, max_completion_length=4)
+    old_BT = trainer_BT.detach()
+    loss, _ = grpo_loss(trainer_BT, old_BT, torch.tensor([1.0, -2.0]), MASK_BT, d, "dapo", token_weights_BT=w_BT)
+    _close(loss, (-1.0 - 2.0 - 0.5 + 3.0) / 4, atol=1e-5)
+    plain, _ = grpo_loss(trainer_BT, old_BT, torch.tensor([1.0, -2.0]), MASK_BT, d, "dapo",
+                         token_weights_BT=torch.ones_like(w_BT))
+    _close(plain, -0.25)
 
 
 def test_unknown_aggregation_is_an_error():
