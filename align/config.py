@@ -90,7 +90,8 @@ class TrainSettings:
     seed: int = _f(0, "Random seed.")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default).")
     model_dropout: bool = _f(False, "Keep the base model's own dropout in reward, DPO and PPO training (false: off, as TRL does; SFT always keeps it; lora.dropout is separate).")
-    activation_checkpointing: bool = _f(False, "Keep only each decoder layer's input during the forward and re-run the layer in backward (less activation memory, about a third more compute); role switches are replayed (SharedBase.enable_activation_checkpointing).")
+    activation_checkpointing: Optional[bool] = _f(None, "Keep only each decoder layer's input during the forward and re-run the layer in backward (less activation memory, about a third more compute); role switches are replayed (SharedBase.enable_activation_checkpointing). null (the default): on for bases of 10M+ parameters (every real model, where stored activations, not weights, decide the peak; TRL's configs turn it on too), off for smaller ones (the built-in tiny base, where it only costs time).")
+    cpu_mmap_threshold_mib: float = _f(4.0, "CPU with glibc: tensors above this many MiB get memory of their own (mmap) that goes back to the system when they are freed (align.memory.return_freed_memory). glibc's default threshold grows to 32 MiB and keeps freed activation memory resident: with it, activation checkpointing saved nothing in RSS on SmolLM2 (a GRPO update's forward +1.6 GiB against +0.24 GiB at 4 MiB; at 1 MiB +0.16 GiB but ~40% more CPU time). 0: glibc's own setting.")
     logprob_chunk_mib: float = _f(32.0, "Float32 logits the log-prob path computes at once (align.logprobs.token_logprobs): target tokens go through the LM head in chunks of this many MiB of logits, never as one (batch, tokens, vocab) tensor; a batch that fits runs in one piece. 0: never chunk.")
 
 

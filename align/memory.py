@@ -27,6 +27,7 @@ Run its tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_memory.py`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import resource
@@ -142,6 +143,26 @@ def reset_peak(device: torch.device | str | None = None) -> None:
 
 # ---- per-phase profile ---------------------------------------------------------------------------
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def return_freed_memory(threshold_mib: float) -> bool:
+    """glibc (Linux): serve allocations above `threshold_mib` from their own memory maps, unmapped
+    when freed, and return free heap memory above twice that; a fixed threshold also stops glibc
+    from raising it (its default grows to 32 MiB, after which freed activations stay resident and
+    the resident size keeps what activation checkpointing saves). True when set; False where the
+    C library is not glibc or `threshold_mib` <= 0 (then nothing changes)."""
+    if threshold_mib <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: their own policy stays
+        return False
+    threshold = int(threshold_mib * 2**20)
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1 and mallopt(M_TRIM_THRESHOLD, 2 * threshold) == 1
+
+
 def _cpu_rss() -> int:
     """Resident bytes of this process now (Linux /proc; elsewhere the peak, an upper bound)."""
     try:
@@ -178,10 +199,12 @@ class PhaseStats:
     before: int = 0
     after: int = 0
     reserved_after: int | None = None  # CUDA: what the caching allocator keeps after the phase
+    first_before: int | None = None  # the memory when the phase first started
 
     def as_dict(self) -> dict[str, int | None]:
         return {"calls": self.calls, "peak_bytes": self.peak, "before_bytes": self.before, "after_bytes": self.after,
-                "kept_bytes": self.after - self.before, "reserved_after_bytes": self.reserved_after}
+                "kept_bytes": self.after - self.before, "first_before_bytes": self.first_before,
+                "reserved_after_bytes": self.reserved_after}
 
 
 @dataclass
@@ -204,6 +227,10 @@ class PhaseProfile:
     process_peak: int = 0
     outside_peak: int = 0
     exact_peaks: bool = True  # False where the CPU high-water mark cannot be reset (peaks then lower bounds)
+    # Every call in order, repeats of the same phase merged (a decode loop is one entry):
+    # [name, calls, before, peak, after]. It shows which call first raised the memory, and whether
+    # the peak levels off from step to step.
+    timeline: list[list[Any]] = field(default_factory=list)
     _stack: list[_Frame] = field(default_factory=list)
 
     @property
@@ -251,6 +278,14 @@ class PhaseProfile:
         stats.calls += 1
         stats.peak = max(stats.peak, frame.peak)
         stats.before, stats.after = frame.before, self._now()
+        if stats.first_before is None:
+            stats.first_before = frame.before
+        last = self.timeline[-1] if self.timeline else None
+        if last is not None and last[0] == frame.name:
+            last[1] += 1
+            last[3], last[4] = max(last[3], frame.peak), stats.after
+        else:
+            self.timeline.append([frame.name, 1, frame.before, frame.peak, stats.after])
         if self.cuda:
             stats.reserved_after = int(torch.cuda.memory_reserved(self.device))
 
@@ -258,7 +293,8 @@ class PhaseProfile:
         self._note_peak()
         return {"device": self.device, "baseline_bytes": self.baseline, "process_peak_bytes": self.process_peak,
                 "outside_phases_peak_bytes": self.outside_peak,
-                "exact_peaks": self.exact_peaks, "phases": {k: v.as_dict() for k, v in self.phases.items()}}
+                "exact_peaks": self.exact_peaks, "phases": {k: v.as_dict() for k, v in self.phases.items()},
+                "timeline": self.timeline}
 
 
 _PROFILE: PhaseProfile | None = None

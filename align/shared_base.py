@@ -133,6 +133,7 @@ class SharedBase:
         self.peft_model = None  # the peft.PeftModel wrapping `model`, made by the first adapter
         self._roles: dict[str, _Role] = {}
         self._tuner_layers: list[nn.Module] = []
+        self._policy_in_place = False  # full mode: the policy trains `model` itself (add_policy(in_place=True))
         self._hidden_size = hidden_size(model)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -187,11 +188,20 @@ class SharedBase:
 
     # ------------------------------------------------------------------ adding roles
 
-    def add_policy(self, init_adapter: str | os.PathLike | None = None, trainable: bool = True) -> None:
+    def add_policy(self, init_adapter: str | os.PathLike | None = None, trainable: bool = True,
+                   in_place: bool = False) -> None:
         """The policy: a fresh LoRA adapter (B = 0, so it starts as the base), or one started from
-        a saved adapter directory (full mode: a fresh copy of the base, or a saved full model)."""
+        a saved adapter directory (full mode: a fresh copy of the base, or a saved full model).
+        `in_place` (full mode, fresh policy): the policy trains the loaded base module itself, no
+        copy, for a run in which no role reads the frozen base (GRPO at kl 0 keeps no reference);
+        a reference cannot be added after it, and other roles' copies must be added before
+        training starts. LoRA mode ignores it (the base is never trained there)."""
         self._check_new("policy")
-        if init_adapter is not None:
+        if in_place and self.mode == "full" and init_adapter is None:
+            self._freeze_copy(self.model, trainable, False)
+            self._roles["policy"] = _Role("policy", trainable, model=self.model)
+            self._policy_in_place = True
+        elif init_adapter is not None:
             self._add_from_dir("policy", Path(init_adapter), trainable=trainable)
         else:
             self._add_fresh("policy", trainable=trainable, with_head=False)
@@ -203,6 +213,8 @@ class SharedBase:
         itself, no copy). Policy from a saved adapter -> that adapter loaded again under the
         name "reference" and frozen (disabling adapters would be wrong here)."""
         self._check_new("reference")
+        if self._policy_in_place:
+            raise ValueError("the policy trains the base itself (add_policy(in_place=True)): there is no frozen base left to be the reference")
         start = self._roles["policy"].source if "policy" in self._roles else None
         if start is not None:
             self._add_from_dir("reference", Path(start), trainable=False)

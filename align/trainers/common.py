@@ -31,7 +31,7 @@ from align.dropout import disable_model_dropout
 from align.evaluation import evaluate_task
 from align.experience import evaluate_prompts
 from align.lora import lr_rule_ratio
-from align.memory import memory_phase, peak_bytes
+from align.memory import memory_phase, peak_bytes, return_freed_memory
 from align.models import load_model_and_tokenizer
 from align.preflight import adapter_load_errors, preflight
 from align.shared_base import SharedBase
@@ -101,6 +101,8 @@ def start_run(cfg: RecipeConfig) -> Run:
     preflight(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if not torch.cuda.is_available():
+        return_freed_memory(cfg.train.cpu_mmap_threshold_mib)  # before any model: every large tensor after it
     # Roles that skip a forward on some step (e.g. a frozen reward adapter) leave parameters
     # without gradients; DDP must not wait for them.
     # Several processes on a machine without CUDA (a torchrun-style launch, as in
@@ -139,14 +141,25 @@ def load_shared_base(cfg: RecipeConfig, run: Run):
     The base model's own dropout is removed (`align.dropout`, as TRL does) unless
     `train.model_dropout`; `lora.dropout` is untouched. `train.activation_checkpointing` and
     `train.logprob_chunk_mib` are set on it here."""
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
+    with memory_phase("load"):
+        model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype)
     if not cfg.train.model_dropout:
         disable_model_dropout(model)
     base = SharedBase(model.to(run.accelerator.device), tokenizer, mode=cfg.mode, lora=cfg.lora)
     base.logprob_chunk_bytes = int(cfg.train.logprob_chunk_mib * 2**20)
-    if cfg.train.activation_checkpointing:  # before any role: full copies inherit it, adapters' switches are replayed
+    if activation_checkpointing_on(cfg, model):  # before any role: full copies inherit it, adapters' switches are replayed
         base.enable_activation_checkpointing()
     return base
+
+
+CHECKPOINTING_MIN_PARAMETERS = 10_000_000  # `train.activation_checkpointing: null` turns it on from here
+
+
+def activation_checkpointing_on(cfg: RecipeConfig, model: torch.nn.Module) -> bool:
+    """`train.activation_checkpointing`, with null resolved by the base's size (its doc)."""
+    if cfg.train.activation_checkpointing is not None:
+        return cfg.train.activation_checkpointing
+    return sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMETERS
 
 
 def shard_if_asked(run: Run, model, keep_whole) -> None:
@@ -160,12 +173,15 @@ def shard_if_asked(run: Run, model, keep_whole) -> None:
         run.print(f"fsdp: base sharded over {run.world} processes, {layers} decoder layers (adapters and heads whole)")
 
 
-def add_policy_and_reference(base, key: str, init_adapter: str | None) -> None:
+def add_policy_and_reference(base, key: str, init_adapter: str | None, reference: bool = True) -> None:
     """The policy (fresh, or started from the saved adapter that recipe key `key` names) and its
-    frozen reference; a saved adapter that does not fit the model is one ConfigError line."""
+    frozen reference; a saved adapter that does not fit the model is one ConfigError line.
+    `reference=False` (nothing reads one, e.g. GRPO at kl 0): no reference role, and in full mode
+    the policy trains the loaded base itself instead of a copy (one copy of the weights less)."""
     with adapter_load_errors(key, init_adapter):
-        base.add_policy(init_adapter=init_adapter)
-        base.add_reference()
+        base.add_policy(init_adapter=init_adapter, in_place=not reference)
+        if reference:
+            base.add_reference()
 
 
 def make_optimizer(params: list[torch.nn.Parameter] | list[dict], cfg: RecipeConfig, lr: float) -> torch.optim.AdamW:

@@ -80,13 +80,13 @@ def train_grpo(cfg: RecipeConfig) -> TrainResult:
         raise SystemExit(f"grpo.minibatch_size / grpo.group_size ({prompts_per_minibatch} prompts per minibatch) "
                          f"must divide by the {run.world} processes")
     base = load_shared_base(cfg, run)
-    add_policy_and_reference(base, "rollout.init_adapter", r.init_adapter)
+    uses_reference = r.kl_coef != 0.0  # at 0, no reference forward runs, and no reference role is kept
+    add_policy_and_reference(base, "rollout.init_adapter", r.init_adapter, reference=uses_reference)
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
     engine = build_rollout_engine(cfg, base, run.sharded)  # rollout.engine vllm; None for hf
     policy_model, tokenizer = base.role_model("policy"), base.tokenizer
     policy_model.eval()  # eval mode except during the update's forward passes
     eos_ids = eos_token_ids(base.model, tokenizer)
-    uses_reference = r.kl_coef != 0.0  # at 0, no reference forward runs at all
 
     skipped = SkipCounter()
     train_rows, eval_rows = load_train_and_eval_prompts(cfg, skipped)

@@ -30,7 +30,7 @@ from align.memory import count_parameters, memory_phase
 from align.models import load_model_and_tokenizer
 from align.modes import eval_mode
 from align.trainers.common import (
-    TrainResult, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, make_optimizer, make_scheduler,
+    TrainResult, activation_checkpointing_on, all_reduce_gradients, checkpoint_saver, clip_and_step, end_of_step, evaluate, finish_run, make_optimizer, make_scheduler,
     resume_step, shard_if_asked, start_loop, start_run,
 )
 
@@ -78,7 +78,7 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
         model = get_peft_model(model, peft_lora_config(model, cfg.lora))
     model.to(acc.device)
     model.train()
-    if cfg.train.activation_checkpointing:  # one role, no switching: transformers' own checkpointing
+    if activation_checkpointing_on(cfg, model):  # one role, no switching: transformers' own checkpointing
         enable_activation_checkpointing(model, {"use_reentrant": False})
     trainable, total = count_parameters(model)
 

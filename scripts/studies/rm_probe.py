@@ -40,7 +40,8 @@ def pair_features(model, tokenizer, split: str, n: int, seed: int, data_file: st
     from align.config import load_recipe
     from align.data.batching import collate_pairs
     from align.data.loading import SkipCounter, load_examples
-    from align.logprobs import last_token_index, position_ids_from_mask, sum_and_mean_logprobs, token_logprobs
+    from align.logprobs import position_ids_from_mask, sum_and_mean_logprobs, token_logprobs
+    from align.tensors import last_token_index
 
     overrides = ["method=reward", "data.task=preference", f"data.num_train={n}", f"data.num_eval={n}", f"data.max_length={max_length}"]
     if data_file is not None:
