@@ -32,6 +32,7 @@ import os
 import re
 import resource
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -200,10 +201,11 @@ class PhaseStats:
     after: int = 0
     reserved_after: int | None = None  # CUDA: what the caching allocator keeps after the phase
     first_before: int | None = None  # the memory when the phase first started
+    seconds: float = 0.0  # wall time in the phase, all calls
 
     def as_dict(self) -> dict[str, int | None]:
         return {"calls": self.calls, "peak_bytes": self.peak, "before_bytes": self.before, "after_bytes": self.after,
-                "kept_bytes": self.after - self.before, "first_before_bytes": self.first_before,
+                "kept_bytes": self.after - self.before, "first_before_bytes": self.first_before, "seconds": round(self.seconds, 3),
                 "reserved_after_bytes": self.reserved_after}
 
 
@@ -212,6 +214,7 @@ class _Frame:
     name: str
     before: int
     peak: int
+    started: float = 0.0
 
 
 @dataclass
@@ -269,13 +272,14 @@ class PhaseProfile:
         path = f"{self._stack[-1].name}/{name}" if self._stack else name
         now = self._now()
         self.phases.setdefault(path, PhaseStats())  # the table lists phases in the order they first start
-        self._stack.append(_Frame(path, now, now))
+        self._stack.append(_Frame(path, now, now, time.perf_counter()))
 
     def exit(self) -> None:
         self._note_peak()
         frame = self._stack.pop()
         stats = self.phases.setdefault(frame.name, PhaseStats())
         stats.calls += 1
+        stats.seconds += time.perf_counter() - frame.started
         stats.peak = max(stats.peak, frame.peak)
         stats.before, stats.after = frame.before, self._now()
         if stats.first_before is None:

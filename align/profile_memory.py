@@ -63,14 +63,14 @@ def format_profile(profile: PhaseProfile, cfg: RecipeConfig, recipe: str, run_di
     lines = [
         f"memory profile of {recipe} ({cfg.method}, {cfg.mode}, {cfg.train.steps} steps; {kind})",
         f"library baseline (torch, transformers, peft and the trainer imported; no model): {base / GIB:.2f} GiB",
-        f"{'phase':<28}{'calls':>6}{'peak GiB':>10}{'peak-base':>11}{'kept MiB':>10}"
+        f"{'phase':<28}{'calls':>6}{'peak GiB':>10}{'peak-base':>11}{'kept MiB':>10}{'seconds':>9}"
         + (f"{'reserved GiB':>14}" if profile.cuda else ""),
         f"{'(outside phases: load, save)':<28}{'':>6}{data['outside_phases_peak_bytes'] / GIB:>10.2f}"
-        f"{(data['outside_phases_peak_bytes'] - base) / GIB:>11.2f}",
+        f"{(data['outside_phases_peak_bytes'] - base) / GIB:>11.2f}{'':>10}{'':>9}",
     ]
     for name, stats in data["phases"].items():
         row = (f"{name:<28}{stats['calls']:>6}{stats['peak_bytes'] / GIB:>10.2f}{(stats['peak_bytes'] - base) / GIB:>11.2f}"
-               f"{stats['kept_bytes'] / MIB:>10.0f}")
+               f"{stats['kept_bytes'] / MIB:>10.0f}{stats['seconds']:>9.1f}")
         if profile.cuda:
             row += f"{(stats['reserved_after_bytes'] or 0) / GIB:>14.2f}"
         lines.append(row)

@@ -1,4 +1,4 @@
-"""`scripts/bench_memory.py --quick`: the table's format, the last line, and LoRA's peak below full's.
+"""`scripts/benchmarks/bench_memory.py --quick`: the table's format, the last line, and LoRA's peak below full's.
 
 Runs the benchmark as a user would (a subprocess; it starts one process per case itself) on its
 6M-parameter config: about a minute on 2 CPU cores, most of it importing torch five times.
@@ -14,7 +14,7 @@ import sys
 
 def test_bench_memory_quick(repo):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bench_memory.py"), "--quick"],
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "benchmarks" / "bench_memory.py"), "--quick"],
                           capture_output=True, text=True, env=env, cwd=repo, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

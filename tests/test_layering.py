@@ -187,8 +187,6 @@ def test_no_import_cycle_in_the_library():
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=False, reason="scripts.bench_memory <-> scripts.bench_memory_sharded import each other; "
-                                        "the scripts/ reorganisation (issue 23) removes it")
 def test_no_import_cycle_with_the_scripts():
     found = cycles(import_graph((*LIBRARY, "scripts")))
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)

@@ -1,11 +1,11 @@
 """bench_memory.py's steps on a CUDA GPU: peak allocated memory of LoRA on one shared base against
 full copies, with and without activation checkpointing, with and without log-prob chunking.
 
-    python scripts/bench_memory_cuda.py                      # the Qwen2.5-0.5B-shaped headline, float32 and bf16
-    python scripts/bench_memory_cuda.py --device cpu --model llama-6m --dtypes float32   # checks this script without a GPU
+    python scripts/benchmarks/bench_memory_cuda.py                      # the Qwen2.5-0.5B-shaped headline, float32 and bf16
+    python scripts/benchmarks/bench_memory_cuda.py --device cpu --model llama-6m --dtypes float32   # checks this script without a GPU
 
 Same model, batch (4 x 256 tokens, 128 response), LoRA settings and PPO / DPO steps as
-scripts/bench_memory.py (imported from it). Each case runs in its own process; the figure is
+scripts/benchmarks/bench_memory.py (imported from it). Each case runs in its own process; the figure is
 `torch.cuda.max_memory_allocated` over two steps, reset once the roles are built, so it counts the
 weights and adapters already allocated plus gradients, Adam state and activations (no library
 baseline, unlike a CPU RSS); and the second step's wall time. bf16 rows put the frozen base (and full mode's copies) in bfloat16; adapters,
@@ -51,7 +51,7 @@ def case(spec: dict) -> dict:
 
 def spawn(spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])})
     if proc.returncode != 0:
         raise SystemExit(f"case {spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

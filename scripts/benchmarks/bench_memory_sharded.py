@@ -1,8 +1,8 @@
 """Memory per process when several processes train on one base: under `distributed.strategy:
 fsdp` each process holds a shard of the frozen base, under `ddp` a whole copy.
 
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py --world 2 --strategy fsdp      # the same (dispatches here)
-    OMP_NUM_THREADS=1 python scripts/bench_memory_sharded.py --world 2 --strategy fsdp [--model llama-100m]
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --world 2 --strategy fsdp      # the same (dispatches here)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory_sharded.py --world 2 --strategy fsdp [--model llama-100m]
 
 `--world` processes (torch.distributed.run, gloo on CPU, NCCL on GPUs) each build the same random
 model (default: bench_memory.py's Qwen2.5-0.5B-shaped headline, 315 M parameters), give one

@@ -1,9 +1,9 @@
 """Peak memory and step time of PPO- and DPO-shaped steps, LoRA on one shared base against full
 fine-tuning, with and without activation checkpointing, at Qwen2.5-0.5B's shapes.
 
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py            # Qwen2.5-0.5B-shaped headline + extra rows (40-50 min)
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py --quick    # a 6M config only (tests)
-    OMP_NUM_THREADS=1 python scripts/bench_memory.py --world 2 --strategy fsdp   # memory per process (bench_memory_sharded.py)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py            # Qwen2.5-0.5B-shaped headline + extra rows (40-50 min)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --quick    # a 6M config only (tests)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --world 2 --strategy fsdp   # memory per process (bench_memory_sharded.py)
 
 Headline: a random Qwen2 model with Qwen2.5-0.5B's widths (vocabulary 151,936, hidden 896,
 intermediate 4,864, 14 heads, 2 KV heads, tied embeddings) at 12 layers (the released model has
@@ -62,7 +62,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 HEADLINE = "qwen2.5-0.5b-shape"
 # name -> (transformers architecture, config)
@@ -249,13 +249,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-extra", action="store_true", help="the headline model only (no 110M and built-in rows)")
     parser.add_argument("--case", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=None,
-                        help="memory PER PROCESS with this many processes (scripts/bench_memory_sharded.py)")
+                        help="memory PER PROCESS with this many processes (scripts/benchmarks/bench_memory_sharded.py)")
     parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="fsdp", help="with --world: how processes hold the base")
-    args = parser.parse_args(argv)
-    if args.world is not None:  # several processes: another question, another script
-        from bench_memory_sharded import main as sharded_main
+    parser.add_argument("--model", choices=["shapes", "smollm2"], default="shapes",
+                        help="shapes: the random-weight cases below; smollm2: every trainer's real-base recipe, LoRA "
+                             "and full, and the TRL pair (scripts/benchmarks/bench_memory_smollm2.py; its options follow)")
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.model != "smollm2":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.world is not None:  # several processes: another question, another script (it imports this one)
+        return subprocess.run([sys.executable, str(Path(__file__).with_name("bench_memory_sharded.py")), "--world", str(args.world),
+                               "--strategy", args.strategy], cwd=str(REPO)).returncode
+    if args.model == "smollm2":  # the real base's trainers, run as recipes (bench_memory_smollm2.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_memory_smollm2 import main as smollm2_main  # noqa: E402 (this folder; it imports nothing from here)
 
-        return sharded_main(["--world", str(args.world), "--strategy", args.strategy])
+        return smollm2_main(rest)
     if args.case:
         print(json.dumps(case(json.loads(args.case))), flush=True)
         return
