@@ -123,6 +123,19 @@ def test_engine_logprobs_match_the_trainers_and_a_forced_mismatch_is_measured(se
     torch.testing.assert_close(weights_BT[live], torch.exp(moved_BT - rollout.sampler_logps_BT)[live].clamp(max=2.0))
 
 
+def test_a_policy_started_from_a_saved_adapter_samples_through_it(setup, tmp_path):
+    """`rollout.init_adapter`: the policy role loaded from a saved adapter is what the engine samples."""
+    base, engine, prompts = setup
+    _perturb(base, 0.5, seed=4)
+    engine.sync(base)
+    expected = _rows(_sample(engine, base, prompts, range(len(prompts))))
+    base.save_role("policy", tmp_path / "start")
+    started = SharedBase.from_pretrained(BASE, mode="lora", lora=LoraSettings(rank=8, alpha=32, targets="all"))
+    started.add_policy(init_adapter=tmp_path / "start")
+    assert engine.sync(started) > 0
+    assert _rows(_sample(engine, started, prompts, range(len(prompts)))) == expected
+
+
 def test_greedy_and_seeded_generation_keep_the_hf_contract(setup):
     """The drop-in keeps `align.rollout.generate`'s result: left-padded prompts whose ids are our
     tokenizer's, the mask through EOS, texts without special tokens; greedy equals the hf loop."""
@@ -181,3 +194,14 @@ def test_two_processes_sample_what_one_process_samples_through_the_engine(tmp_pa
     assert "Traceback" not in out  # the engines' teardown comes before torch.distributed's
     one, two = ([{k: r[k] for k in keys} for r in rows if "reward/score" in r] for rows in (one, two))
     assert len(one) == 2 and one == two
+
+
+@pytest.mark.slow
+def test_bench_rollout_prints_its_ratio_line():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmarks" / "bench_rollout.py"), "--quick", "--repeats", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("rollout tokens/s vllm/hf: ") and float(last.split(": ")[1]) > 0
+    assert "builtin:tiny-arith" in done.stdout and "8.72%" in done.stdout  # the sync against a full-weight sync
