@@ -108,6 +108,7 @@ def run_ours(mode: str, steps: int) -> list[float]:
 
 def run_trl(steps: int, out_dir: str) -> list[float]:
     from datasets import Dataset
+    from align.compat import checkpointing_args  # the TrainingArguments name of this transformers
     from trl import DPOConfig, DPOTrainer
 
     from align.config import LoraSettings
@@ -123,7 +124,7 @@ def run_trl(steps: int, out_dir: str) -> list[float]:
         output_dir=out_dir, report_to=[], use_cpu=True, bf16=False, beta=BETA, loss_type="sigmoid",
         per_device_train_batch_size=PAIRS, gradient_accumulation_steps=1, max_steps=steps + 1,
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=MAX_GRAD_NORM,
-        optim="adamw_torch", weight_decay=0.0, activation_checkpointing=False, max_length=None,
+        optim="adamw_torch", weight_decay=0.0, **checkpointing_args(False), max_length=None,
         save_strategy="no", logging_steps=10_000, dataloader_num_workers=0, disable_tqdm=True, seed=0,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows(PAIRS * (steps + 1))),

@@ -147,6 +147,7 @@ def run_ours(mode: str, model_name: str, warmup: int, steps: int, out_dir: str) 
 
 def run_trl(model_name: str, warmup: int, steps: int, out_dir: str) -> dict:
     from datasets import Dataset
+    from align.compat import checkpointing_args  # the TrainingArguments name of this transformers
     from trl import GRPOConfig, GRPOTrainer
 
     from align.config import LoraSettings
@@ -177,7 +178,7 @@ def run_trl(model_name: str, warmup: int, steps: int, out_dir: str) -> dict:
         gradient_accumulation_steps=1, max_completion_length=COMPLETION_TOKENS, temperature=1.0, beta=0.0,
         loss_type="grpo", epsilon=CLIP, mask_truncated_completions=False, max_steps=warmup + steps,
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=MAX_GRAD_NORM,
-        optim="adamw_torch", weight_decay=0.0, activation_checkpointing=False, save_strategy="no", logging_steps=1,
+        optim="adamw_torch", weight_decay=0.0, **checkpointing_args(False), save_strategy="no", logging_steps=1,
         dataloader_num_workers=0, disable_tqdm=True, seed=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=format_reward, args=args, processing_class=tokenizer,

@@ -90,6 +90,7 @@ def run_ours(cfg) -> dict:
 def run_trl(cfg) -> dict:
     import torch
     from datasets import Dataset
+    from align.compat import checkpointing_args  # the TrainingArguments name of this transformers
     from trl import GRPOConfig, GRPOTrainer
 
     from align.data.prompts import load_prompt_rows
@@ -127,7 +128,7 @@ def run_trl(cfg) -> dict:
         epsilon=g.clip_low, epsilon_high=g.clip_high, mask_truncated_completions=False, disable_dropout=True,
         max_steps=cfg.train.steps * updates_per_generation, learning_rate=o.lr, lr_scheduler_type="constant",
         warmup_steps=0, max_grad_norm=o.max_grad_norm, optim="adamw_torch", weight_decay=o.weight_decay,
-        adam_beta1=o.beta1, adam_beta2=o.beta2, adam_epsilon=o.eps, activation_checkpointing=False,
+        adam_beta1=o.beta1, adam_beta2=o.beta2, adam_epsilon=o.eps, **checkpointing_args(False),
         save_strategy="no", logging_steps=10, dataloader_num_workers=0, disable_tqdm=True, seed=cfg.train.seed,
     )
     rows = load_prompt_rows(cfg, "train")  # the rows our trainer loads: [{"prompt", "answer"}]
