@@ -7,8 +7,9 @@ What it does:
   parsed once by `reward_models.base.parse_reward_spec`; a `learned` term adds the frozen reward
   role from `rollout.reward_model`) and the gold reward logged beside it (`rollout.gold_reward`);
 - `sample_and_score(base, rows, rewards, cfg, generator, eos_ids)` -> `Samples`: batched sampling
-  from the policy role (eval mode, no grad, KV cache, left padding; `align.rollout.generate`);
-  scores of the texts (a response that never reaches EOS gets `rollout.no_stop_penalty`, the
+  from the policy role (eval mode, no grad, KV cache, left padding; `align.rollout.generate`, or
+  with `engine=` a vLLM engine that samples through the synced policy adapter, whose own
+  log-probs give `mismatch_stats`: `align.vllm_engine`); scores of the texts (a response that never reaches EOS gets `rollout.no_stop_penalty`, the
   "N implementation details of RLHF" recipe); then, in chunks of `rollout.forward_batch_size` rows
   and without gradients, the old log-probs and entropies of the policy and the log-probs of the
   reference (skipped with `reference=False`), all at the sampling temperature;
