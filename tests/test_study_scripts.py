@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # spread.py (until it joins studies/)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "studies"))
 import base_robustness  # noqa: E402
 import spread  # noqa: E402

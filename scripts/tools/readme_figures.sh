@@ -16,17 +16,17 @@ python scripts/studies/base_robustness.py --out results/base_robustness
 # Each cheap recipe over 3 seeds x every kernel set: the mean ± std of docs/results.md.
 # (DPO, PPO parity: python scripts/studies/parity.py dpo|ppo, about 10 and 30 minutes.)
 for recipe in ppo_lora sft_lora sft_full dpo_lora dpo_full rm_lora rm_full; do
-  python scripts/spread.py "recipes/$recipe.yaml"
+  python scripts/studies/spread.py "recipes/$recipe.yaml"
 done
 
 # GRPO's recipe over 3 seeds on this machine's kernels (the GRPO row of docs/results.md).
-python scripts/spread.py recipes/grpo_lora.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+python scripts/studies/spread.py recipes/grpo_lora.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 
 # PPO against the learned reward model (the recipe reads runs/rm_lora).
 rm -rf runs/rm_lora runs/rm_full
 python -m align.cli train recipes/rm_lora.yaml output_dir=runs/rm_lora > /dev/null
 python -m align.cli train recipes/rm_full.yaml output_dir=runs/rm_full > /dev/null
-python scripts/spread.py recipes/ppo_lora_rm.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+python scripts/studies/spread.py recipes/ppo_lora_rm.yaml --caps "$(python -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
 python scripts/studies/rm_per_kind.py runs/rm_lora runs/rm_full | tee results/rm_per_kind.txt
 python scripts/studies/rm_probe.py | tee results/rm_probe.txt
 

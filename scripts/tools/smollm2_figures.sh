@@ -15,13 +15,13 @@ python -m align.cli fetch-base smollm2-135m-instruct
 python -m align.cli build-pairs chat_arithmetic_pairs
 
 for recipe in sft dpo rm grpo; do
-  python scripts/spread.py "recipes/${recipe}_smollm2_lora.yaml" --caps "$CAP" --out results/smollm2
+  python scripts/studies/spread.py "recipes/${recipe}_smollm2_lora.yaml" --caps "$CAP" --out results/smollm2
 done
-python scripts/spread.py recipes/ppo_smollm2_lora.yaml --seeds 0 --caps "$CAP" --out results/smollm2
+python scripts/studies/spread.py recipes/ppo_smollm2_lora.yaml --seeds 0 --caps "$CAP" --out results/smollm2
 
 for recipe in sft dpo rm grpo ppo; do
   for mode in lora full; do
-    python scripts/spread.py "recipes/${recipe}_smollm2_${mode}.yaml" train.steps=2 eval.enabled=false \
+    python scripts/studies/spread.py "recipes/${recipe}_smollm2_${mode}.yaml" train.steps=2 eval.enabled=false \
       --seeds 0 --caps "$CAP" --jobs 1 --out results/smollm2/memory
   done
 done

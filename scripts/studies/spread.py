@@ -1,7 +1,7 @@
 """What a user on another machine should expect from a recipe: its results over seeds x CPU kernels.
 
-    OMP_NUM_THREADS=1 python scripts/spread.py recipes/ppo_lora.yaml              # 3 seeds x every kernel set
-    OMP_NUM_THREADS=1 python scripts/spread.py recipes/sft_lora.yaml --caps avx512 # 3 seeds, one kernel set
+    OMP_NUM_THREADS=1 python scripts/studies/spread.py recipes/ppo_lora.yaml              # 3 seeds x every kernel set
+    OMP_NUM_THREADS=1 python scripts/studies/spread.py recipes/sft_lora.yaml --caps avx512 # 3 seeds, one kernel set
 
 Each run is `align train RECIPE train.seed=S output_dir=...` in its own process, exactly as a user
 runs it, with one torch thread and `ATEN_CPU_CAPABILITY` set (`default`, `avx2`, `avx512`, as far
@@ -24,8 +24,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent / "studies"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from base_robustness import CAPABILITY_ORDER, available_capabilities  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"| mean ± std | all | {' | '.join(f'{before.get(m, chr(8212))} -> {summary[m]}' for m in metrics)} | "
                  f"{statistics.mean(r['wall_seconds'] or 0 for r in rows):.0f} | "
                  f"{statistics.mean(r.get('peak_memory_gib', 0) for r in rows):.2f} |")
-    cmd = f"OMP_NUM_THREADS=1 python scripts/spread.py {args.recipe}" + "".join(f" {o}" for o in args.overrides)
+    cmd = f"OMP_NUM_THREADS=1 python scripts/studies/spread.py {args.recipe}" + "".join(f" {o}" for o in args.overrides)
     if args.caps:
         cmd += " --caps " + " ".join(args.caps)
     text = (f"Command: `{cmd}` ({len(jobs)} runs, 1 thread each, {args.jobs} at a time; "
