@@ -127,3 +127,30 @@ def test_rslora_scales_by_alpha_over_sqrt_rank_and_loads_with_plain_peft(tmp_pat
     assert load_recipe(None, FAST + ["output_dir=x"]).lora.rslora is False  # 1/r stays the default
     with pytest.raises(ConfigError, match="lora.rslora"):
         load_recipe(None, FAST + ["output_dir=x", "lora.rslora=3"])
+
+
+def test_chunked_completion_nll_equals_the_whole_logits_path_with_gradients():
+    """A micro-batch whose logits exceed `train.logprob_chunk_mib` takes the chunked head path:
+    the same loss and gradients as the whole (B, T, V) logits, up to float rounding."""
+    from align.data.batching import IGNORE_INDEX
+    from align.trainers.sft import CompletionNLL
+
+    torch.manual_seed(0)
+    model, _ = load_model_and_tokenizer("scratch:test")
+    input_ids = torch.randint(3, 90, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 9:] = 0
+    labels = input_ids.clone()
+    labels[:, :5] = IGNORE_INDEX  # the prompt
+    labels[attention_mask == 0] = IGNORE_INDEX
+    results = []
+    for chunk_bytes in (0, 4 * 100 * 7):  # never chunk; 7 rows of a 100-token vocabulary at a time
+        model.zero_grad()
+        nll = CompletionNLL(model, chunk_bytes)(input_ids, attention_mask, labels)
+        nll.backward()
+        results.append((nll.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    assert CompletionNLL(model, 4 * 100 * 7).vocab == 100
+    assert torch.allclose(whole, chunked, atol=1e-5, rtol=1e-5)
+    for name, grad in whole_grads.items():
+        assert torch.allclose(grad, chunked_grads[name], atol=1e-5, rtol=1e-4), name

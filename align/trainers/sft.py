@@ -7,7 +7,9 @@ The loss is the causal-LM negative log-likelihood of completion tokens (prompt t
 `sft.completion_only_loss: false` trains on every token, which is how the built-in base is
 pretrained). It is normalised by the number of target tokens in the whole GLOBAL batch, so that a
 batch of 8 equals 4 x 2 accumulation steps equals 2 processes x 4, exactly (up to float
-rounding), instead of averaging per-micro-batch means.
+rounding), instead of averaging per-micro-batch means. A micro-batch whose (batch, tokens, vocab)
+logits would exceed `train.logprob_chunk_mib` (a real vocabulary: SmolLM2's 49,152 x 16 x 128 is
+403 MB) goes through the one log-prob path's chunked head instead (`CompletionNLL`).
 
 Left out here: packing of several examples into one sequence; a tiny base does not need it.
 """
@@ -24,7 +26,7 @@ from align.compat import enable_activation_checkpointing
 from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
-from align.logprobs import token_logprobs
+from align.logprobs import causal_lm, token_logprobs
 from align.lora import peft_lora_config
 from align.memory import count_parameters, memory_phase
 from align.models import load_model_and_tokenizer
@@ -44,6 +46,29 @@ def causal_lm_nll_sum(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tupl
         ignore_index=IGNORE_INDEX, reduction="sum",
     )
     return nll, int((shifted_labels != IGNORE_INDEX).sum())
+
+
+class CompletionNLL(torch.nn.Module):
+    """Sum of -log p of an SFT batch's target tokens (labels != IGNORE_INDEX) under `model`, as a
+    module so that DDP wraps the loss with the model it trains.
+
+    Logits that fit in `chunk_bytes` of float32 are computed whole (`causal_lm_nll_sum`: the path
+    the built-in base was trained with, so its recipes keep their numbers). Larger ones go through
+    `align.logprobs.token_logprobs`, which runs the LM head on target positions only, in chunks,
+    and never holds a (B, T, V) tensor: on a real vocabulary those logits, their log-softmax and
+    their gradient were most of an SFT step's peak (issue 22's profile)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_bytes: int):
+        super().__init__()
+        self.model, self.chunk_bytes = model, chunk_bytes
+        self.vocab = causal_lm(model).get_output_embeddings().weight.shape[0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.chunk_bytes <= 0 or input_ids.numel() * self.vocab * 4 <= self.chunk_bytes:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return causal_lm_nll_sum(logits, labels)[0]
+        target_BT = (labels != IGNORE_INDEX).long()
+        return -token_logprobs(self.model, input_ids, attention_mask, target_BT, chunk_bytes=self.chunk_bytes).logps_BT.sum()
 
 
 def _target_tokens(examples, completion_only: bool) -> int:
@@ -95,7 +120,8 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
     # Several processes: DDP over the whole model, or (fsdp) the base sharded and the adapter's
     # gradients averaged by hand after the last micro-batch.
     shard_if_asked(run, model, params)
-    ddp_model = acc.prepare_model(model) if run.world > 1 and not run.sharded else model
+    completion_nll = CompletionNLL(model, int(cfg.train.logprob_chunk_mib * 2**20))
+    ddp_nll = acc.prepare_model(completion_nll) if run.world > 1 and not run.sharded else completion_nll
 
     optimizers, schedulers = {"policy": optimizer}, {"policy": scheduler}
     start_step = resume_step(run, named_params, optimizers, schedulers)
@@ -124,10 +150,9 @@ def train_sft(cfg: RecipeConfig) -> TrainResult:
             batch = collate_sft([train_examples[i] for i in micro_rows], tokenizer.pad_token_id, completion_only)
             batch = {key: v.to(acc.device) for key, v in batch.items()}
             sync = k == micro_batches_per_step - 1
-            with (acc.no_sync(ddp_model) if (ddp_model is not model and not sync) else nullcontext()):
+            with (acc.no_sync(ddp_nll) if (ddp_nll is not completion_nll and not sync) else nullcontext()):
                 with memory_phase("update/forward"):
-                    logits = ddp_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    nll, _ = causal_lm_nll_sum(logits, batch["labels"])
+                    nll = ddp_nll(batch["input_ids"], batch["attention_mask"], batch["labels"])
                 # DDP averages gradients over processes, so scale by world size to get the
                 # gradient of (sum of token NLL over the global batch) / (global target tokens).
                 with memory_phase("update/backward"):
