@@ -165,3 +165,21 @@ def test_atlas_study_smoke(tmp_path, repo, method):
         assert (out / "metric_vs_axis.png").stat().st_size > 0 and (out / "table_axis.csv").stat().st_size > 0
     if method != "grpo_targets":
         assert json.loads((out / "study.json").read_text())["higher_is_better"] is False
+
+
+def test_real_base_studies_are_well_formed(parity, repo):
+    """The real-base studies (issue 25): their recipes and overrides load, every grid has at least
+    3 sorted points, 2+ seeds, the same completions per run for every configuration."""
+    from align.config import load_recipe
+
+    study = parity.STUDIES["grpo_smollm2"]
+    assert study.out_dir.startswith("results/atlas/real_base/") and len(study.seeds) >= 2
+    assert [c.name for c in study.configurations] == ["full", "lora_r1", "lora_r8"]
+    shapes = set()
+    for c in study.configurations:
+        assert c.lrs == sorted(c.lrs) and len(c.lrs) >= 3, c.name
+        cfg = load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])
+        assert cfg.model == "builtin:smollm2-135m-instruct" and not cfg.optimizer.lr_rule and cfg.train.threads == 1
+        shapes.add((cfg.train.steps, cfg.grpo.prompts_per_iteration, cfg.grpo.group_size, cfg.eval.num_prompts))
+        load_recipe(repo / study.recipe, [*study.overrides, *c.overrides, *study.smoke_overrides])
+    assert len(shapes) == 1  # the same number of completions (and held-out prompts) everywhere

@@ -16,6 +16,10 @@ results/atlas/<study>/ (each ~10-25 min with --jobs 2 on 2 free cores):
     OMP_NUM_THREADS=1 python scripts/studies/parity.py sft_rslora     # 6: best LR across ranks, alpha/r vs alpha/sqrt(r)
     OMP_NUM_THREADS=1 python scripts/studies/parity.py capacity       # 2: memorising N facts (scripts/studies/atlas_capacity.py)
 
+On the real base, SmolLM2-135M-Instruct (issue 25; outputs under results/atlas/real_base/<study>/):
+
+    OMP_NUM_THREADS=1 python scripts/studies/parity.py grpo_smollm2   # 5 and 6: GRPO, FullFT vs LoRA r1/r8, 20 runs of ~12 min (2 at a time)
+
 The SFT studies share runs/atlas_sft, so a configuration two of them hold (e.g. sft's lora_r8 in
 sft_batch, sft_targets and sft_rslora) runs once; run `sft` first. Their metric is the held-out
 loss, where lower is better (`Study.higher_is_better`): the best LR, EDGE and the verdict follow.
@@ -329,6 +333,38 @@ STUDIES: dict[str, Study] = {
                             **{f"lora_rs_r{r}": ("alpha / sqrt(r) (rslora)", r) for r in SFT_RANKS if r > 1}}),
     ),
 }
+
+# ---- on a real pretrained model (issue 25): SmolLM2-135M-Instruct, the real-base recipes.
+# Sized to a 2-core CPU (each run one core, ~8-10 min): the cuts, in the order the issue allows
+# them, are iterations (12 instead of the recipe's 24) and held-out prompts (96 instead of 128),
+# then grid points (3 per configuration, x ~3.16 apart); 2 seeds are kept. Ranks 1 and 8 on all
+# linear layers against FullFT; the LoRA grid starts at the recipe's LR region (2e-4 works at 24
+# iterations, so 12 iterations want it or more), FullFT's is the LoRA grid / 10 (the "LoRA Without
+# Regret" rule's ratio, under test here, so the grid brackets it rather than assumes it).
+REAL_GRPO_OVERRIDES = [
+    "optimizer.lr_rule=false",  # every LR here is the LR actually used
+    "train.steps=12", "train.eval_every=0", "eval.num_prompts=96", "tracking.wandb=false", "train.threads=1",
+]
+REAL_SMOKE_OVERRIDES = ["model=scratch:test", "data.task=arithmetic", "data.chat_template=false",  # no chat model offline in a test: the plumbing only
+                        "train.steps=2", "grpo.prompts_per_iteration=4",
+                        "grpo.group_size=4", "grpo.minibatch_size=16", "rollout.max_new_tokens=6", "data.num_train=64",
+                        "eval.num_prompts=8", "eval.max_new_tokens=4"]
+REAL_FULL_GRPO_LRS = [3e-6, 1e-5, 3e-5, 1e-4]  # extended down: 1e-5 won at the bottom edge of the first grid (seed 0)
+REAL_LORA_GRPO_LRS = [1e-4, 3e-4, 1e-3]
+_REAL_GRPO = Study(
+    recipe="recipes/grpo_smollm2_lora.yaml",
+    overrides=list(REAL_GRPO_OVERRIDES),
+    configurations=[Configuration("full", ["mode=full"], REAL_FULL_GRPO_LRS),
+                    *(_lora(rank, REAL_LORA_GRPO_LRS) for rank in (1, 8))],
+    metric="accuracy_sampled",
+    metric_label="accuracy of sampled answers (96 held-out chat arithmetic prompts, temperature 0.7)",
+    secondary=["accuracy_greedy", "mean_response_length"],
+    seeds=[0, 1],
+    smoke_overrides=list(REAL_SMOKE_OVERRIDES),
+    smoke_configurations=["lora_r1"], smoke_lr_indices=(0,),
+    out_dir="results/atlas/real_base/grpo",
+)
+STUDIES["grpo_smollm2"] = _REAL_GRPO
 
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
 STUDIES.update(atlas_capacity.STUDIES)

@@ -415,7 +415,8 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
             best = {row["configuration"]: float(row["best_lr"]) for row in csv.DictReader(f)}
         configs = [Configuration(c.name, c.overrides, [best[c.name]]) for c in configs if c.name in best]
 
-    jobs = [(c, lr, s) for c in configs for lr in c.lrs for s in seeds]
+    # Seed by seed: a study stopped part way has one seed of every grid point before a second of any.
+    jobs = [(c, lr, s) for s in seeds for c in configs for lr in c.lrs]
     if not args.report_only:
         print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
