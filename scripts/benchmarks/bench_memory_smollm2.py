@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{STEPS} steps per case; peaks are process peak RSS, 'above base' subtracts that process's library baseline")
     print(f"{'case':<24}{'peak GiB':>9}{'baseline':>9}{'above base':>11}{'s/step':>8}  highest phase / memory by role (MiB)")
     for r in [*rows.values(), *([old] if old else [])]:
-        roles = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (r["by_role"] or {}).items() if k != "total" and v)
+        roles = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (r["by_role"] or {}).items()
+                          if k not in ("total", "peak_measured") and isinstance(v, (int, float)) and v)
         print(f"{r['case']:<24}{r['peak'] / GIB:>9.2f}{r['baseline'] / GIB:>9.2f}{above(r):>11.2f}{r['step_s']:>8.1f}  "
               f"{r['highest_phase']}; {roles}")
     for r in trl.values():
