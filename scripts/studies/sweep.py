@@ -90,6 +90,9 @@ class Study:
     axis_best_lr: bool = False
     # A study's own outputs beside the generic ones: report(runs_dir, out_dir, study, seeds) -> text
     report: Callable[..., str] | None = None
+    # Runs left out to fit the machine, (configuration, lr, seed), each with its reason: not run,
+    # not counted missing, and listed under the table (a grid point's seed mean then has fewer seeds).
+    cut_runs: dict[tuple[str, float, int], str] = field(default_factory=dict)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -416,7 +419,7 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
         configs = [Configuration(c.name, c.overrides, [best[c.name]]) for c in configs if c.name in best]
 
     # Seed by seed: a study stopped part way has one seed of every grid point before a second of any.
-    jobs = [(c, lr, s) for s in seeds for c in configs for lr in c.lrs]
+    jobs = [(c, lr, s) for s in seeds for c in configs for lr in c.lrs if (c.name, lr, s) not in study.cut_runs]
     if not args.report_only:
         print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
@@ -430,6 +433,8 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
     notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}."
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
+    notes += [f"Not run (cut to fit the machine): {name} at LR {lr:g}, seed {seed}: {why}."
+              for (name, lr, seed), why in study.cut_runs.items() if seed in seeds and any(c.name == name for c in configs)]
     text = write_tables(study, rows, out_dir, title, notes)
     write_study_json(study, rows, out_dir, title, notes, runs_dir)
     write_plots(study, rows, out_dir, title)
