@@ -183,3 +183,24 @@ def test_real_base_studies_are_well_formed(parity, repo):
         shapes.add((cfg.train.steps, cfg.grpo.prompts_per_iteration, cfg.grpo.group_size, cfg.eval.num_prompts))
         load_recipe(repo / study.recipe, [*study.overrides, *c.overrides, *study.smoke_overrides])
     assert len(shapes) == 1  # the same number of completions (and held-out prompts) everywhere
+
+
+def test_later_seeds_run_only_where_the_first_seed_is_near_the_best(sweep, tmp_path):
+    """`Study.later_seeds_within`: seed 1 at the grid points within the margin of the best seed 0;
+    the others are listed, not run; a configuration with its first seed incomplete waits."""
+    a = sweep.Configuration("a", [], [1e-4, 3e-4, 1e-3])
+    b = sweep.Configuration("b", [], [1e-4, 3e-4])
+    study = sweep.Study(recipe="r.yaml", overrides=[], configurations=[a, b], metric="acc", metric_label="acc",
+                        seeds=[0, 1], later_seeds_within=0.1)
+    for lr, value in ((1e-4, 0.10), (3e-4, 0.30), (1e-3, 0.22)):
+        run = tmp_path / sweep.run_name(a, lr, 0)
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"eval_after": {"acc": value}}))
+    (tmp_path / sweep.run_name(b, 1e-4, 0)).mkdir()  # b's first seed is still running
+    jobs, notes = sweep.later_seed_jobs(study, [a, b], [0, 1], tmp_path)
+    assert [(c.name, lr, s) for c, lr, s in jobs] == [("a", 3e-4, 1), ("a", 1e-3, 1)]
+    assert notes == ["a at LR 0.0001: seed 0 only (0.100, 0.200 from its configuration's best; later seeds run within 0.1)."]
+    lower = sweep.Study(**{**vars(study), "higher_is_better": False})  # a loss: the lowest is the best
+    assert [lr for _, lr, _ in sweep.later_seed_jobs(lower, [a], [0, 1], tmp_path)[0]] == [1e-4]
+    every = sweep.Study(**{**vars(study), "later_seeds_within": None})
+    assert len(sweep.later_seed_jobs(every, [a, b], [0, 1], tmp_path)[0]) == 5

@@ -335,9 +335,10 @@ STUDIES: dict[str, Study] = {
 }
 
 # ---- on a real pretrained model (issue 25): SmolLM2-135M-Instruct, the real-base recipes.
-# Sized to a 2-core CPU (each run one core, ~8-10 min): the cuts, in the order the issue allows
+# Sized to a 2-core CPU (each run one core, 12-20 min beside other jobs): the cuts, in the order the issue allows
 # them, are iterations (12 instead of the recipe's 24) and held-out prompts (96 instead of 128),
-# then grid points (3 per configuration, x ~3.16 apart); 2 seeds are kept. Ranks 1 and 8 on all
+# then grid points (3-4 per configuration, x ~3.16 apart, and a second seed only at the points
+# that can be the best: `later_seeds_within`); 2 seeds at every best LR. Ranks 1 and 8 on all
 # linear layers against FullFT; the LoRA grid starts at the recipe's LR region (2e-4 works at 24
 # iterations, so 12 iterations want it or more), FullFT's is the LoRA grid / 10 (the "LoRA Without
 # Regret" rule's ratio, under test here, so the grid brackets it rather than assumes it).
@@ -363,7 +364,9 @@ _REAL_GRPO = Study(
     smoke_overrides=list(REAL_SMOKE_OVERRIDES),
     smoke_configurations=["lora_r1"], smoke_lr_indices=(0,),
     out_dir="results/atlas/real_base/grpo",
-    cut_runs={("full", 1e-4, 1): "it collapsed at seed 0 (sampled accuracy 0.104 -> 0.042; 0.281 at 1e-5), so it cannot be the best"},
+    # The second seed only where it can move the best LR: within 0.1 of the configuration's best
+    # first seed (about two binomial standard errors of a 0.3 accuracy on 96 prompts).
+    later_seeds_within=0.1,
 )
 STUDIES["grpo_smollm2"] = _REAL_GRPO
 

@@ -90,9 +90,11 @@ class Study:
     axis_best_lr: bool = False
     # A study's own outputs beside the generic ones: report(runs_dir, out_dir, study, seeds) -> text
     report: Callable[..., str] | None = None
-    # Runs left out to fit the machine, (configuration, lr, seed), each with its reason: not run,
-    # not counted missing, and listed under the table (a grid point's seed mean then has fewer seeds).
-    cut_runs: dict[tuple[str, float, int], str] = field(default_factory=dict)
+    # Seeds after the first only where they can change the answer (a machine-sized study): a grid
+    # point gets them when its first seed's metric is within this of its configuration's best
+    # first-seed metric. The others keep one seed, are not counted missing, and are listed under
+    # the table. None: every seed at every point.
+    later_seeds_within: float | None = None
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -167,6 +169,28 @@ def best_lr(scored: dict[float, tuple[float, float]], higher_is_better: bool = T
         return next(iter(scored))
     pick = max if higher_is_better else min
     return pick(finite, key=lambda lr: finite[lr][0])
+
+
+def later_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> tuple[list, list[str]]:
+    """The runs of seeds after the first, and a note per grid point left at one seed
+    (`Study.later_seeds_within`; a configuration whose first seed is not complete gets none yet)."""
+    if study.later_seeds_within is None or len(seeds) < 2:
+        return [(c, lr, s) for s in seeds[1:] for c in configs for lr in c.lrs], []
+    jobs, notes, sign = [], [], 1 if study.higher_is_better else -1
+    for c in configs:
+        paths = {lr: runs_dir / run_name(c, lr, seeds[0]) / "summary.json" for lr in c.lrs}
+        if not all(p.exists() for p in paths.values()):
+            continue
+        first = {lr: json.loads(p.read_text())["eval_after"][study.metric] for lr, p in paths.items()}
+        best = max(sign * v for v in first.values())
+        for lr, v in first.items():
+            if best - sign * v <= study.later_seeds_within + 1e-12:
+                jobs += [(c, lr, s) for s in seeds[1:]]
+            else:
+                notes.append(f"{c.name} at LR {lr:g}: seed {seeds[0]} only ({v:.3f}, {best - sign * v:.3f} from its "
+                             f"configuration's best; later seeds run within {study.later_seeds_within:g}).")
+    order = {s: i for i, s in enumerate(seeds)}
+    return sorted(jobs, key=lambda j: order[j[2]]), notes
 
 
 def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list[dict]:
@@ -419,12 +443,18 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
         configs = [Configuration(c.name, c.overrides, [best[c.name]]) for c in configs if c.name in best]
 
     # Seed by seed: a study stopped part way has one seed of every grid point before a second of any.
-    jobs = [(c, lr, s) for s in seeds for c in configs for lr in c.lrs if (c.name, lr, s) not in study.cut_runs]
+    first = [(c, lr, seeds[0]) for c in configs for lr in c.lrs]
     if not args.report_only:
-        print(f"parity {args.method}: {len(jobs)} runs, {args.jobs} at a time -> {runs_dir}", flush=True)
+        print(f"parity {args.method}: {len(first)} runs of seed {seeds[0]}, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), jobs))
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), first))
+    later, cut = later_seed_jobs(study, configs, seeds, runs_dir)
+    jobs = first + later
+    if not args.report_only:
+        print(f"parity {args.method}: {len(later)} runs of later seeds" + (f" ({len(cut)} points cut)" if cut else ""), flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), later))
         print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
     rows = collect(study, configs, seeds, runs_dir)
@@ -433,8 +463,7 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
     notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}."
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
-    notes += [f"Not run (cut to fit the machine): {name} at LR {lr:g}, seed {seed}: {why}."
-              for (name, lr, seed), why in study.cut_runs.items() if seed in seeds and any(c.name == name for c in configs)]
+    notes += cut
     text = write_tables(study, rows, out_dir, title, notes)
     write_study_json(study, rows, out_dir, title, notes, runs_dir)
     write_plots(study, rows, out_dir, title)
