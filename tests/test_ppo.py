@@ -8,6 +8,7 @@ Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_ppo.py`.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -199,3 +200,19 @@ def test_answers_from_files_and_gsm8k_text(tmp_path):
     assert curve(result.run_dir, "reward/score")
     summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
     assert set(summary["eval_after"]) >= {"reward_greedy", "reward_sampled", "no_stop_fraction"}
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_kl_zero_keeps_no_reference_and_logs_no_kl(tmp_path, mode):
+    """A fixed kl_coef of 0 reads no reference: no reference role (full mode: the policy trains
+    the loaded base in place, so one copy of the weights fewer) and no `kl` metric."""
+    result = run(tmp_path, mode, f"mode={mode}", "rollout.kl_coef=0", "train.steps=2")
+    base: SharedBase = result.model
+    assert "reference" not in base.roles and {"policy", "value"} <= set(base.roles)
+    rows = [json.loads(line) for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
+    trained = [r for r in rows if "loss/policy" in r]
+    assert len(trained) == 2 and all("kl" not in r for r in rows)
+    assert all(math.isfinite(r["loss/policy"]) and math.isfinite(r["loss/value"]) for r in trained)
+    if mode == "full":
+        assert base.role_model("policy") is base.model  # trained in place: no frozen copy
+        assert base.role_model("value") is not base.model

@@ -263,7 +263,7 @@ def end_of_step(run: Run, done: int, metrics: dict[str, float], evaluate, save, 
     the last; `evaluate()` runs every `train.eval_every` and `save(done)` every `train.save_every`
     steps, except at the last, which `finish_run` evaluates and saves."""
     bar.update(1)
-    bar.set_postfix({name.split("/")[-1]: format(metrics[name], spec) for name, spec in shown.items()})
+    bar.set_postfix({name.split("/")[-1]: format(metrics[name], spec) for name, spec in shown.items() if name in metrics})
     t = run.cfg.train
     if t.log_every and (done % t.log_every == 0 or done == t.steps):
         run.tracker.log(metrics, step=done)

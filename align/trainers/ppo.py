@@ -114,7 +114,10 @@ def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: Reci
     rollout = gather_rollout(accelerator, samples, base.tokenizer.pad_token_id, old_values_BT=old_values_BT)
     mask_BT = rollout["response_mask_BT"].bool()
     # r_t = -kl_coef * KL_t, plus the score at the last response token (Ziegler et al. 2019, eq. 2)
-    rewards_BT, kl_BT = per_token_rewards(rollout["scores_B"], rollout["old_logps_BT"], rollout["ref_logps_BT"], mask_BT,
+    # No reference (a fixed kl_coef of 0): its log-probs would only enter multiplied by 0, so the
+    # policy's own stand in (KL exactly 0, the same rewards) and no `kl` is logged.
+    ref_logps_BT = rollout["ref_logps_BT"] if rollout["ref_logps_BT"] is not None else rollout["old_logps_BT"]
+    rewards_BT, kl_BT = per_token_rewards(rollout["scores_B"], rollout["old_logps_BT"], ref_logps_BT, mask_BT,
                                           kl_coef, cfg.rollout.kl_estimator)
     if cfg.ppo.whiten_rewards:
         rewards_BT = masked_whiten(rewards_BT, mask_BT, shift_mean=False)  # rescale only (TRL 0.x)
@@ -123,9 +126,10 @@ def ppo_experience(base: SharedBase, samples: Samples, kl_coef: float, cfg: Reci
         advantages_BT = masked_whiten(advantages_BT, mask_BT)  # A <- (A - mean) / std over response tokens
     samples.stats.update({
         "reward/total": float(rewards_BT.sum(-1).mean()),
-        "kl": float(kl_BT.sum(-1).mean()),  # per-sequence KL(policy || reference), summed over tokens
         "time/forward": samples.stats["time/forward"] + time.time() - t0,
     })
+    if rollout["ref_logps_BT"] is not None:
+        samples.stats["kl"] = float(kl_BT.sum(-1).mean())  # per-sequence KL(policy || reference), summed over tokens
     return Experience(rollout["input_ids_BL"], rollout["attention_mask_BL"], rollout["response_mask_BT"],
                       rollout["old_logps_BT"], rollout["old_values_BT"], advantages_BT, returns_BT)
 
@@ -180,7 +184,10 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
     if ppo.rollout_batch_size % run.world or ppo.minibatch_size % run.world:
         raise SystemExit(f"ppo.rollout_batch_size and ppo.minibatch_size must divide by the {run.world} processes")
     base = load_shared_base(cfg, run)
-    add_policy_and_reference(base, "rollout.init_adapter", cfg.rollout.init_adapter)
+    # A fixed kl_coef of 0 reads no reference: no reference role (full mode: no frozen copy, the
+    # policy trains the loaded base in place) and no reference forward per rollout.
+    uses_reference = cfg.rollout.kl_coef != 0.0 or ppo.adaptive_kl
+    add_policy_and_reference(base, "rollout.init_adapter", cfg.rollout.init_adapter, reference=uses_reference)
     rewards = RolloutRewards.from_recipe(cfg, base)  # a learned reward adds the frozen reward role
     engine = build_rollout_engine(cfg, base, run.sharded)  # rollout.engine vllm; None for hf
     base.add_value(init_from_reward=ppo.value_init_from_reward)
@@ -242,7 +249,7 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         rows = [train_rows[i] for i in shard(stream.batch(step), run.rank, run.world)]
         mine = range(run.rank * local_rollout, (run.rank + 1) * local_rollout)  # global positions of this process's rows
         samples = sample_and_score(base, rows, rewards, cfg, completion_generators(cfg.train.seed, step, list(mine)), eos_ids,
-                                   engine=engine)
+                                   reference=uses_reference, engine=engine)
         exp = ppo_experience(base, samples, kl_ctl.value, cfg, acc)
         run.tracker.log_rollouts(step + 1, [row["prompt"] for row in rows], samples,
                                  exp.advantages_BT[mine.start : mine.stop, : samples.response_mask_BT.shape[1]],
@@ -281,7 +288,8 @@ def train_ppo(cfg: RecipeConfig) -> TrainResult:
         metrics = mean_over_processes(run, local)
         response_tokens = metrics.pop("response_tokens") * run.world
         kl_coef_used = kl_ctl.value
-        kl_ctl.update(metrics["kl"], ppo.rollout_batch_size)
+        if uses_reference:
+            kl_ctl.update(metrics["kl"], ppo.rollout_batch_size)
         seconds = time.time() - t_start
         metrics.update({"kl_coef": kl_coef_used, "lr": scheduler.get_last_lr()[0], "lr_value": scheduler.get_last_lr()[1],
                         "time/iteration": seconds, "tokens_per_s": response_tokens / max(seconds, 1e-9),
