@@ -12,7 +12,8 @@ import torch
 torch.set_num_threads(1)
 from align.builtin_bases import loadable_base_path
 from align.fetched_bases import fetched_base_path
-def rss() -> float:  # GiB return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
+def rss() -> float:  # GiB
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
 name = sys.argv[1] if len(sys.argv) > 1 else "builtin:tiny-arith"
 path = str(loadable_base_path(name)) if "tiny" in name else str(fetched_base_path(name))
 from transformers import AutoModelForCausalLM
