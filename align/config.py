@@ -163,7 +163,7 @@ class RolloutSettings:
     forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
     engine: Literal["hf", "vllm"] = _f("hf", "What samples rollouts and on-policy evaluation: hf (this toolkit's loop) or vllm (one vLLM engine in the training process on the frozen base, sampling through the policy adapter, which alone is synced after each update; mode lora only; needs the vllm extra, docs/vllm.md).")
     vllm_gpu_memory_utilization: float = _f(0.3, "rollout.engine=vllm on a GPU: the fraction of GPU memory vLLM may take (weights and KV cache); the trainer needs the rest.")
-    vllm_kv_cache_gib: float = _f(1.0, "rollout.engine=vllm on a CPU: the KV cache vLLM allocates, in GiB (VLLM_CPU_KVCACHE_SPACE, unless that is set).")
+    vllm_kv_cache_gib: float = _f(1.0, "rollout.engine=vllm on a CPU: the KV cache vLLM allocates, in GiB, rounded up to a whole number (VLLM_CPU_KVCACHE_SPACE, unless that is set).")
     tis_cap: Optional[float] = _f(None, "Truncated importance sampling (rollout.engine=vllm, grpo): weight each token's loss by min(p_trainer / p_engine, tis_cap) of the sampled token, correcting for the engine's log-probs differing from the trainer's; null: off.")
 
 

@@ -34,6 +34,7 @@ Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_vllm_engine.py` in an env
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -80,7 +81,8 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str, max_lora_rank: int, seed: int = 0,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0, max_model_len: int | None = None):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")  # read by the CPU build only
+        # read by the CPU build only, as a whole number of GiB ("0.25" fails at engine start): rounded up
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(math.ceil(kv_cache_gib)))
         try:
             from vllm import LLM  # optional dependency: the `vllm` extra
         except ImportError as err:
