@@ -26,7 +26,7 @@ from align.compat import enable_activation_checkpointing
 from align.config import RecipeConfig
 from align.data.batching import IGNORE_INDEX, BatchStream, chunks, collate_sft, shard
 from align.data.loading import SkipCounter, load_examples
-from align.logprobs import causal_lm, token_logprobs
+from align.logprobs import causal_lm, chunk_rows, token_logprobs
 from align.lora import peft_lora_config
 from align.memory import count_parameters, memory_phase
 from align.models import load_model_and_tokenizer
@@ -64,7 +64,7 @@ class CompletionNLL(torch.nn.Module):
         self.vocab = causal_lm(model).get_output_embeddings().weight.shape[0]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.chunk_bytes <= 0 or input_ids.numel() * self.vocab * 4 <= self.chunk_bytes:
+        if input_ids.numel() <= chunk_rows(self.chunk_bytes, self.vocab):  # the whole (B, T, V) fits in one chunk
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             return causal_lm_nll_sum(logits, labels)[0]
         target_BT = (labels != IGNORE_INDEX).long()
