@@ -161,6 +161,7 @@ class RolloutSettings:
     kl_coef: float = _f(0.05, "Coefficient of the KL to the reference (PPO: the initial KL penalty in the reward).")
     kl_estimator: Literal["k1", "k2", "k3"] = _f("k1", "Per-token KL estimator (align.losses.policy.KL_ESTIMATORS).")
     forward_batch_size: int = _f(64, "Rows per no-grad forward pass when scoring a rollout batch (memory knob).")
+    sampler: Literal["auto", "multinomial", "inverse_cdf"] = _f("auto", "How rollout.engine=hf draws a sampled token (align.rollout.generate): multinomial, one torch.multinomial per completion and token from the completion's own seeded generator (on a GPU each copies the row's probabilities to that CPU generator), or inverse_cdf, each completion's uniforms drawn up front from the same generator and one batched inverse-CDF draw per token for all completions (the same per-completion seeds and independence; scripts/benchmarks/bench_sampler.py). Both are exact draws; they draw different tokens. auto: inverse_cdf on CUDA, multinomial elsewhere, so every CPU figure in results/ (measured with multinomial) still reproduces. Held-out evaluation always uses multinomial.")
     engine: Literal["hf", "vllm"] = _f("hf", "What samples rollouts and on-policy evaluation: hf (this toolkit's loop) or vllm (one vLLM engine in the training process on the frozen base, sampling through the policy adapter, which alone is synced after each update; mode lora only; needs the vllm extra, docs/vllm.md).")
     vllm_gpu_memory_utilization: float = _f(0.3, "rollout.engine=vllm on a GPU: the fraction of GPU memory vLLM may take (weights and KV cache); the trainer needs the rest.")
     vllm_kv_cache_gib: float = _f(1.0, "rollout.engine=vllm on a CPU: the KV cache vLLM allocates, in GiB, rounded up to a whole number (VLLM_CPU_KVCACHE_SPACE, unless that is set).")
@@ -495,6 +496,8 @@ def _validate_rollout(r: RolloutSettings, bad) -> None:
         bad("rollout.vllm_kv_cache_gib", f"must be positive, got {r.vllm_kv_cache_gib}")
     if r.tis_cap is not None and (r.tis_cap < 1 or r.engine != "vllm"):
         bad("rollout.tis_cap", f"must be at least 1 and needs rollout.engine vllm (the hf engine samples with the trainer's own log-probs), got {r.tis_cap} with engine {r.engine!r}")
+    if r.sampler not in ("auto", "multinomial") and r.engine != "hf":
+        bad("rollout.sampler", f"chooses how rollout.engine=hf draws tokens; engine {r.engine!r} samples with its own sampler")
     try:
         spec = parse_reward_spec(r.reward)
     except ValueError as err:

@@ -45,6 +45,7 @@ from align.data.prompts import render_prompts
 from align.losses.policy import masked_mean
 from align.memory import memory_phase
 from align.preflight import adapter_load_errors
+from align.rollout import resolve_sampler
 from reward_models.base import build_reward
 from reward_models.learned import load_learned_reward
 
@@ -178,7 +179,7 @@ def sample_and_score(base, rows: list[dict], rewards: RolloutRewards, cfg, gener
                     eos_token_ids=eos_ids, progress=False)
     with memory_phase("rollout"):
         if engine is None:
-            rollout = base.generate("policy", rendered, **sampling)
+            rollout = base.generate("policy", rendered, sampler=resolve_sampler(r.sampler, base.device), **sampling)
         else:
             engine.sync(base)  # the policy adapter, when it changed since the last sync
             rollout = engine.generate(None, base.tokenizer, rendered, **sampling)

@@ -71,13 +71,30 @@ class Rollout:
         return input_ids_BL, attention_mask_BL
 
 
+SAMPLERS = ("multinomial", "inverse_cdf")
+
+
+def resolve_sampler(setting: str, device: torch.device) -> str:
+    """`rollout.sampler` for a policy on `device`: "auto" is inverse_cdf on CUDA, where one small
+    multinomial per row and token (each a copy to the row's CPU generator) is what a rollout
+    waits on, and multinomial elsewhere, where the forward pass dominates and every measured
+    figure stands on it."""
+    if setting == "auto":
+        return "inverse_cdf" if device.type == "cuda" else "multinomial"
+    return setting
+
+
 def _next_tokens(
     logits_BV: torch.Tensor,
     temperature: float,
     top_p: float,
     do_sample: bool,
     generator: torch.Generator | Sequence[torch.Generator] | None,
+    uniform_B: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The next token of every row: argmax (greedy), else a draw from softmax(logits / temperature)
+    after top-p; with `uniform_B` (one uniform in [0, 1) per row, the inverse_cdf sampler) the draw
+    is `_inverse_cdf`'s, one batched op for all rows, else one multinomial per row or batch."""
     if not do_sample or temperature == 0.0:
         return logits_BV.argmax(dim=-1)
     logits_BV = logits_BV.float() / temperature
@@ -89,11 +106,43 @@ def _next_tokens(
         sorted_logits_BV = sorted_logits_BV.masked_fill(mass_before_BV >= top_p, float("-inf"))
         logits_BV = torch.full_like(logits_BV, float("-inf")).scatter(-1, sorted_index_BV, sorted_logits_BV)
     probs_BV = logits_BV.softmax(dim=-1)
+    if uniform_B is not None:
+        return _inverse_cdf(probs_BV, uniform_B)
     if isinstance(generator, (list, tuple)):  # one generator per row: a row's sample ignores the others
         return torch.cat([_sample_row(probs_1V, g) for probs_1V, g in zip(probs_BV.split(1), generator)])
     if generator is not None and generator.device.type != probs_BV.device.type:
         return torch.multinomial(probs_BV.to(generator.device), 1, generator=generator).squeeze(-1).to(probs_BV.device)
     return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+
+
+def _inverse_cdf(probs_BV: torch.Tensor, uniform_B: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative probability exceeds u x (the row's total): an exact
+    draw from `probs_BV` given u uniform in [0, 1), computed for all rows at once (a cumsum and a
+    searchsorted), so a row's token depends on its probabilities and its own u only. The cumsum is
+    in float64, whose 53 bits resolve every token of a 10^5 vocabulary; a token of probability 0
+    (cut by top-p) is never drawn, as the search is strict."""
+    cdf_BV = probs_BV.double().cumsum(dim=-1)
+    target_B1 = (uniform_B.to(cdf_BV) * cdf_BV[:, -1]).unsqueeze(-1)
+    token_B = torch.searchsorted(cdf_BV, target_B1, right=True).squeeze(-1)
+    past_end_B = token_B >= probs_BV.shape[-1]
+    if past_end_B.any():
+        # u x total rounds up to the total only for u within ~1e-16 of 1: take the last token of
+        # nonzero probability then, not one past the vocabulary (rare, so computed only then).
+        last_positive_B = probs_BV.shape[-1] - 1 - (probs_BV > 0).flip(-1).int().argmax(dim=-1)
+        token_B = torch.where(past_end_B, last_positive_B, token_B)
+    return token_B
+
+
+def _uniforms(B: int, T: int, generator: torch.Generator | Sequence[torch.Generator] | None,
+              device: torch.device) -> torch.Tensor:
+    """(B, T) float64 uniforms for the inverse_cdf sampler, drawn once per batch: row i's from its
+    own generator when there is one per row (so its T draws, and its tokens, ignore the other rows
+    and the batch it is in), else from the one generator (or the global RNG) in one call."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.rand(T, generator=g, device=g.device, dtype=torch.float64).to(device)
+                            for g in generator]) if generator else torch.zeros(0, T, dtype=torch.float64, device=device)
+    source = generator.device if generator is not None else device
+    return torch.rand(B, T, generator=generator, device=source, dtype=torch.float64).to(device)
 
 
 def _sample_row(probs_1V: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -140,10 +189,13 @@ def _generate_batch(
     eos_ids: torch.Tensor,
     pad_id: int,
     generator: torch.Generator | Sequence[torch.Generator] | None,
+    sampler: str = "multinomial",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode one left-padded batch; returns (response_ids_BT, response_mask_BT, stopped_B)."""
     B = prompt_ids_BP.shape[0]
     device = prompt_ids_BP.device
+    sampling = do_sample and temperature != 0.0
+    uniform_BT = _uniforms(B, max_new_tokens, generator, device) if sampling and sampler == "inverse_cdf" else None
     attention_mask_BL = prompt_mask_BP
     # Positions count real tokens only, so a left-padded prompt starts at position 0.
     position_ids_BP = (prompt_mask_BP.cumsum(-1) - 1).clamp(min=0)
@@ -157,7 +209,8 @@ def _generate_batch(
     local_done = False  # this process's rows have all stopped (or used up max_new_tokens)
     for t in range(max_new_tokens):
         if not local_done:
-            token_B = _next_tokens(outputs.logits[:, -1, :], temperature, top_p, do_sample, generator)
+            token_B = _next_tokens(outputs.logits[:, -1, :], temperature, top_p, do_sample, generator,
+                                   uniform_BT[:, t] if uniform_BT is not None else None)
             live_B = ~finished_B
             token_B = torch.where(live_B, token_B, torch.full_like(token_B, pad_id))
             tokens.append(token_B)
@@ -205,6 +258,7 @@ def generate(
     add_special_tokens: bool = True,
     eos_token_ids: Sequence[int] | None = None,
     progress: bool | None = None,
+    sampler: str = "multinomial",
 ) -> Rollout:
     """Sample a response for every prompt (see the module docstring).
 
@@ -213,10 +267,17 @@ def generate(
     `row_generators` (one per prompt) instead samples each row from its own generator, so a row's
     response does not depend on which other rows share its batch or process (what makes a
     multi-process RL run sample exactly what a one-process run samples).
+    `sampler`: how a sampled token is drawn. "multinomial": `torch.multinomial`, once per row and
+    token when each row has its own generator (B small calls per token); "inverse_cdf": every
+    row's T uniforms drawn up front from its generator, then one batched inverse-CDF draw per
+    token (`_inverse_cdf`), the same per-row independence at a few batched ops per token. Both are
+    exact draws; they draw different tokens from the same seeds.
     `eos_token_ids` defaults to the tokenizer's EOS. `progress=None` shows a bar only on a terminal.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     device = next(model.parameters()).device
     if row_generators is not None:
         if generator is not None or seed is not None:
@@ -243,7 +304,7 @@ def generate(
             response = _generate_batch(model, tokenizer, prompt_ids_BP, prompt_mask_BP, max_new_tokens,
                                        temperature, top_p, do_sample, stop_strings, eos_ids, pad_id,
                                        list(row_generators[start:start + batch_size]) if row_generators is not None
-                                       else generator)
+                                       else generator, sampler)
             chunks.append((prompt_ids_BP, prompt_mask_BP) + response)
 
     # ---- stitch the chunks: prompts left-padded to the longest, responses right-padded

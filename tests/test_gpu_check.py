@@ -52,7 +52,8 @@ def test_tiny_gpu_check_engine_rows_and_7b_case(repo, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     results = {(r["method"], r["engine"]): r for r in json.loads((tmp_path / "gpu_check.json").read_text())}
-    assert "| grpo | hf | 1 ddp |" in out
+    assert "| grpo | hf | 1 ddp |" in out and "| grpo | hf-multinomial | 1 ddp |" in out
+    assert "error" not in results[("grpo", "hf-multinomial")]
     if importlib.util.find_spec("vllm") is None:
         assert out.count("vllm is not importable here") == 1 and ("grpo", "vllm") not in results
     else:

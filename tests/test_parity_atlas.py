@@ -172,17 +172,26 @@ def test_real_base_studies_are_well_formed(parity, repo):
     3 sorted points, 2+ seeds, the same completions per run for every configuration."""
     from align.config import load_recipe
 
-    study = parity.STUDIES["grpo_smollm2"]
-    assert study.out_dir.startswith("results/atlas/real_base/") and len(study.seeds) >= 2
-    assert [c.name for c in study.configurations] == ["full", "lora_r1", "lora_r8"]
-    shapes = set()
-    for c in study.configurations:
-        assert c.lrs == sorted(c.lrs) and len(c.lrs) >= 3, c.name
-        cfg = load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])
-        assert cfg.model == "builtin:smollm2-135m-instruct" and not cfg.optimizer.lr_rule and cfg.train.threads == 1
-        shapes.add((cfg.train.steps, cfg.grpo.prompts_per_iteration, cfg.grpo.group_size, cfg.eval.num_prompts))
-        load_recipe(repo / study.recipe, [*study.overrides, *c.overrides, *study.smoke_overrides])
-    assert len(shapes) == 1  # the same number of completions (and held-out prompts) everywhere
+    rl_shapes = set()
+    for name, method in (("grpo_smollm2", "grpo"), ("ppo_smollm2", "ppo"), ("dpo_smollm2", "dpo")):
+        study = parity.STUDIES[name]
+        assert study.out_dir == f"results/atlas/real_base/{method}" and len(study.seeds) >= 2
+        assert study.recipe == f"recipes/{method}_smollm2_lora.yaml"
+        assert [c.name for c in study.configurations] == ["full", "lora_r1", "lora_r8"]
+        shapes = set()
+        for c in study.configurations:
+            assert c.lrs == sorted(c.lrs) and len(c.lrs) >= 3, c.name
+            cfg = load_recipe(repo / study.recipe, [*study.overrides, *c.overrides])
+            assert cfg.model == "builtin:smollm2-135m-instruct" and not cfg.optimizer.lr_rule and cfg.train.threads == 1
+            completions = {"grpo": lambda: cfg.grpo.prompts_per_iteration * cfg.grpo.group_size,
+                           "ppo": lambda: cfg.ppo.rollout_batch_size, "dpo": lambda: cfg.train.batch_size}[method]()
+            shapes.add((cfg.train.steps, completions, cfg.eval.num_prompts))
+            smoke = load_recipe(repo / study.recipe, [*study.overrides, *c.overrides, *study.smoke_overrides])
+            assert smoke.model == "scratch:test" and smoke.method == method
+        assert len(shapes) == 1, name  # the same number of completions (and held-out prompts) everywhere
+        if method != "dpo":
+            rl_shapes |= shapes
+    assert len(rl_shapes) == 1  # GRPO and PPO see as many completions as each other
 
 
 def test_later_seeds_run_only_where_the_first_seed_is_near_the_best(sweep, tmp_path):
@@ -204,3 +213,18 @@ def test_later_seeds_run_only_where_the_first_seed_is_near_the_best(sweep, tmp_p
     assert [lr for _, lr, _ in sweep.later_seed_jobs(lower, [a], [0, 1], tmp_path)[0]] == [1e-4]
     every = sweep.Study(**{**vars(study), "later_seeds_within": None})
     assert len(sweep.later_seed_jobs(every, [a, b], [0, 1], tmp_path)[0]) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grpo_smollm2", "ppo_smollm2", "dpo_smollm2"])
+def test_real_base_study_smoke(tmp_path, repo, method):
+    """The real-base studies' plumbing end to end on a random tiny model (no chat model offline in a
+    test): one run, its table and plots, the metric and secondaries the study reports."""
+    from tests.conftest import parity_smoke
+
+    rows, run, out = parity_smoke(repo, tmp_path, method)
+    summary = json.loads(run.read_text())
+    assert summary["method"] == method.split("_")[0]
+    study = json.loads((out / "study.json").read_text())
+    assert study["metric"] == "accuracy_sampled" and study["higher_is_better"] is True
+    assert set(study["secondary"]) <= set(summary["eval_after"]) | {"mean_response_length"}

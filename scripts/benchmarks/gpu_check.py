@@ -1,8 +1,10 @@
 """The GPU check: every trainer for a few steps in bf16 on a Qwen2.5-0.5B-shaped model, with one
 process and, on a machine with several GPUs, with all of them under ddp and under fsdp; PPO and
-GRPO once more with `rollout.engine=vllm`; one table of CUDA peak memory, memory by role and step
-time; and, with `--7b`, PPO with all four roles on a random Qwen2.5-7B-shaped base. Run it
-whenever a GPU is available:
+GRPO once more with `rollout.engine=vllm` and once with the hf engine's per-row multinomial sampler
+(`rollout.sampler=multinomial`, the "hf-multinomial" rows; the hf rows sample with inverse_cdf,
+`auto`'s choice on CUDA); one table of CUDA peak memory, memory by role and step time; the
+samplers alone (`bench_sampler.py --device cuda`); and, with `--7b`, PPO with all four roles on a
+random Qwen2.5-7B-shaped base. Run it whenever a GPU is available:
 
     bash scripts/benchmarks/gpu_check.sh                 # or: python scripts/benchmarks/gpu_check.py [--steps 4] [--out gpu_check]
     bash scripts/benchmarks/gpu_check.sh --7b            # adds the 7B case (about 15 GiB of GPU memory for its base)
@@ -82,6 +84,9 @@ VLLM_GPU_MEMORY_UTILIZATION = 0.15
 # (--tiny on vLLM's CPU build takes rollout.vllm_kv_cache_gib's default, 1 GiB: that build reads
 # VLLM_CPU_KVCACHE_SPACE as a whole number of GiB, so a fraction fails at engine start.)
 VLLM_OVERRIDES = ["rollout.engine=vllm", f"rollout.vllm_gpu_memory_utilization={VLLM_GPU_MEMORY_UTILIZATION}"]
+# The hf engine samples with rollout.sampler=auto, inverse_cdf on CUDA; the "hf-multinomial" rows
+# (one process) time the per-row multinomial sampler the hf engine had before, beside it.
+ENGINE_OVERRIDES = {"hf-multinomial": ["rollout.sampler=multinomial"], "vllm": VLLM_OVERRIDES}
 # The 7B case: a 1-step reward model on the base (its adapter + head become the learned reward),
 # then PPO with all four roles; short sequences, small batches, checkpointing on.
 SEVEN_B_REWARD = ("rm_lora.yaml", ["train.batch_size=8", "data.num_train=64", "data.num_eval=16", "data.max_length=48",
@@ -285,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", default="gpu_check")
     parser.add_argument("--methods", nargs="*", default=list(TRAINERS), help="trainers of the table (none: only --7b)")
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"],
-                        help="rollout engines for ppo and grpo (vllm rows: one process)")
+    parser.add_argument("--engines", nargs="+", default=["hf", "hf-multinomial", "vllm"], choices=["hf", "hf-multinomial", "vllm"],
+                        help="rollout engines for ppo and grpo (hf-multinomial: hf with rollout.sampler=multinomial; "
+                             "hf-multinomial and vllm rows: one process)")
     parser.add_argument("--7b", dest="seven_b", action="store_true",
                         help="add PPO with all four roles on a random Qwen2.5-7B-shaped base (one GPU)")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model, CPU allowed: checks this script itself")
@@ -317,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         recipe, overrides = TRAINERS[method]
         cases = [("hf", overrides, layouts)] if "hf" in engines or method not in ENGINE_METHODS else []
-        if method in ENGINE_METHODS and "vllm" in engines:
-            cases.append(("vllm", [*overrides, *VLLM_OVERRIDES], [(1, "ddp")]))
+        if method in ENGINE_METHODS:
+            cases += [(e, [*overrides, *ENGINE_OVERRIDES[e]], [(1, "ddp")]) for e in ("hf-multinomial", "vllm") if e in engines]
         for engine, case_overrides, case_layouts in cases:
             for processes, strategy in case_layouts:
                 results.append(run(method, recipe, case_overrides, processes, strategy, model, args.steps, out, engine))
@@ -327,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     if results:
         print_table(results)
+    if torch.cuda.is_available() and any(m in ENGINE_METHODS for m in args.methods):
+        # the samplers alone, at the GRPO rows' 64 completions and more (scripts/benchmarks/bench_sampler.py)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "benchmarks" / "bench_sampler.py"), "--device", "cuda",
+                        "--rows", "64", "256", "--vocab", str(QWEN_05B_SHAPE["vocab_size"])], check=False)
     if args.seven_b:
         results += seven_b_case(out, args.tiny, args.steps)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=1))

@@ -19,6 +19,8 @@ results/atlas/<study>/ (each ~10-25 min with --jobs 2 on 2 free cores):
 On the real base, SmolLM2-135M-Instruct (issue 25; outputs under results/atlas/real_base/<study>/):
 
     OMP_NUM_THREADS=1 python scripts/studies/parity.py grpo_smollm2   # 5 and 6: GRPO, FullFT vs LoRA r1/r8, 20 runs of ~12 min (2 at a time)
+    OMP_NUM_THREADS=1 python scripts/studies/parity.py dpo_smollm2    # 5 and 6 on DPO: FullFT vs LoRA r1/r8, ~15 runs of ~8 min
+    OMP_NUM_THREADS=1 python scripts/studies/parity.py ppo_smollm2    # 5 and 6 on PPO: FullFT vs LoRA r1/r8, ~15 runs of ~25 min
 
 The SFT studies share runs/atlas_sft, so a configuration two of them hold (e.g. sft's lora_r8 in
 sft_batch, sft_targets and sft_rslora) runs once; run `sft` first. Their metric is the held-out
@@ -369,6 +371,46 @@ _REAL_GRPO = Study(
     later_seeds_within=0.1,
 )
 STUDIES["grpo_smollm2"] = _REAL_GRPO
+
+# PPO, the same task, cuts and rule for a second seed: the recipe's 24 iterations cut to 12 and its
+# 128 held-out prompts to 96 (the GRPO study's shape: 12 x 32 completions of up to 24 tokens, so
+# both RL methods see the same number); the grids start from the GRPO study's bests (FullFT 3e-5,
+# LoRA 3e-4) and bracket them. The critic trains at the policy's LR (ppo.value_lr unset), as the
+# recipe has it.
+REAL_FULL_PPO_LRS = [1e-5, 3e-5, 1e-4]
+REAL_LORA_PPO_LRS = [1e-4, 3e-4, 1e-3]
+_REAL_PPO = dataclasses.replace(
+    _REAL_GRPO, recipe="recipes/ppo_smollm2_lora.yaml",
+    configurations=[Configuration("full", ["mode=full"], REAL_FULL_PPO_LRS),
+                    *(_lora(rank, REAL_LORA_PPO_LRS) for rank in (1, 8))],
+    smoke_overrides=[*(o for o in REAL_SMOKE_OVERRIDES if not o.startswith("grpo.")),
+                     "ppo.rollout_batch_size=8", "ppo.minibatch_size=8"],
+    out_dir="results/atlas/real_base/ppo",
+)
+STUDIES["ppo_smollm2"] = _REAL_PPO
+
+# DPO on the real base's on-policy pairs (`chat_arithmetic_pairs`, 77 train pairs sampled from the
+# base and ranked by the verifier), at the recipe's shape with no cut: 20 steps of 8 pairs, 128
+# held-out prompts. The metric is the verifier's score of sampled answers (accuracy_sampled: the
+# final number right), pair accuracy on held-out pairs beside it. LoRA's grid brackets the
+# recipe's 1e-4; FullFT's is it / 10 and brackets that (the rule under test, as for GRPO).
+REAL_DPO_OVERRIDES = ["optimizer.lr_rule=false", "train.eval_every=0", "tracking.wandb=false", "train.threads=1"]
+REAL_FULL_DPO_LRS = [3e-6, 1e-5, 3e-5]
+REAL_LORA_DPO_LRS = [3e-5, 1e-4, 3e-4]
+STUDIES["dpo_smollm2"] = Study(
+    recipe="recipes/dpo_smollm2_lora.yaml",
+    overrides=list(REAL_DPO_OVERRIDES),
+    configurations=[Configuration("full", ["mode=full"], REAL_FULL_DPO_LRS),
+                    *(_lora(rank, REAL_LORA_DPO_LRS) for rank in (1, 8))],
+    metric="accuracy_sampled",
+    metric_label="accuracy of sampled answers (128 held-out chat arithmetic prompts, temperature 0.7)",
+    secondary=["pairs/rewards/accuracies", "accuracy_greedy", "mean_response_length"],
+    seeds=[0, 1],
+    smoke_overrides=["model=scratch:test", "data.task=preference", "data.chat_template=false", *DPO_SMOKE_OVERRIDES[1:]],
+    smoke_configurations=["lora_r1"], smoke_lr_indices=(0,),
+    out_dir="results/atlas/real_base/dpo",
+    later_seeds_within=0.1,
+)
 
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
 STUDIES.update(atlas_capacity.STUDIES)
