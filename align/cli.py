@@ -35,6 +35,7 @@ import importlib
 import os
 import sys
 
+from align.allocator import restart_with
 from align.config import ConfigError, describe, load_recipe
 from align.data.loading import DataError
 from align.fetched_bases import FETCHED_BASES, fetch_base
@@ -42,9 +43,18 @@ from align.report import report_command, write_report
 from align.tasks.onpolicy_pairs import PAIR_SOURCES
 
 
-def _train(args: argparse.Namespace) -> str:
+def _train(args: argparse.Namespace, restart_argv: list[str] | None) -> str:
     cfg = load_recipe(args.recipe, args.overrides)
+    _use_allocator(cfg, restart_argv)
     return _prepared_trainer(cfg)(cfg).run_dir
+
+
+def _use_allocator(cfg, restart_argv: list[str] | None) -> None:
+    """Start this command again with `train.cpu_allocator` preloaded (align.allocator), before
+    torch loads; `restart_argv` is None when `main` was called from Python (a test, a script),
+    whose process is not ours to replace."""
+    if restart_argv is not None:
+        restart_with(cfg.train.cpu_allocator, restart_argv)
 
 
 def _prepared_trainer(cfg):
@@ -67,10 +77,11 @@ def _prepared_trainer(cfg):
     return getattr(importlib.import_module(module_name), function_name)
 
 
-def _profile_memory(args: argparse.Namespace) -> None:
+def _profile_memory(args: argparse.Namespace, restart_argv: list[str] | None) -> None:
     from align.profile_memory import format_profile, profile_run, write_profile  # imports torch: not on every command
 
     cfg = load_recipe(args.recipe, [*args.overrides, f"train.steps={args.steps}"])
+    _use_allocator(cfg, restart_argv)
     profile, result = profile_run(cfg, _prepared_trainer(cfg))
     lines = format_profile(profile, cfg, args.recipe, result.run_dir)
     print("\n".join(lines), flush=True)
@@ -121,16 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("paths", nargs="+", help="run directories (overlaid) and/or study folders (results/parity_<method>)")
     report.add_argument("-o", "--output", default=None,
                         help="the HTML file (default: report.html in the one folder given, else ./report.html)")
+    # The process's own arguments, for a restart with another allocator (align.allocator): only
+    # when this is the process's entry point, never when called from Python with a list.
+    restart_argv = sys.argv[1:] if argv is None else None
     args = parser.parse_args(argv)
 
     try:
         if args.command == "train":
-            run_dir = _train(args)
+            run_dir = _train(args, restart_argv)
             if int(os.environ.get("RANK", "0")) == 0:  # from the main process only; the run dir stays last
                 print(f"report: {report_command(run_dir)}", flush=True)
                 print(run_dir, flush=True)
         elif args.command == "profile-memory":
-            _profile_memory(args)
+            _profile_memory(args, restart_argv)
         elif args.command == "build-base":
             from align.build_base import build_base, compare_with_shipped  # why: the SFT trainer (~3 s), as in _prepared_trainer
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from align.allocator import loaded as loaded_allocator
 from align.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from align.config import RecipeConfig, save_resolved
 from align.data.batching import chunks as _chunks
@@ -101,7 +102,7 @@ def start_run(cfg: RecipeConfig) -> Run:
     preflight(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and loaded_allocator() == "glibc":
         return_freed_memory(cfg.train.cpu_mmap_threshold_mib)  # before any model: every large tensor after it
     # Roles that skip a forward on some step (e.g. a frozen reward adapter) leave parameters
     # without gradients; DDP must not wait for them.
@@ -345,6 +346,7 @@ def summary(run: Run, eval_before: dict, eval_after: dict, trainable: int, total
         "wall_time_s": round(time.time() - run.start_time, 2),
         "peak_memory_bytes": peak_memory_bytes(),
         "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_process_max_rss",
+        "cpu_allocator": loaded_allocator(),  # train.cpu_allocator as it came out (align.allocator)
         "eval_before": eval_before,
         "eval_after": eval_after,
         **(extra or {}),

@@ -14,7 +14,8 @@ thread, float32, evaluation off:
               library baseline is the same process after importing torch, transformers, peft and
               the trainer, before any model loads; step seconds = the profiled phases' time / steps.
     old       the GRPO LoRA recipe with the defaults before this benchmark existed
-              (`train.activation_checkpointing=false train.cpu_mmap_threshold_mib=0`): the step
+              (`train.activation_checkpointing=false train.cpu_mmap_threshold_mib=0
+              train.cpu_allocator=glibc`): the step
               time the new defaults are compared with, and the peak they replace.
     levels    the GRPO LoRA recipe for `--levels` iterations (default 20): the peak of each
               iteration (from the profile's timeline), to show that it levels off.
@@ -25,7 +26,11 @@ thread, float32, evaluation off:
               cached on-policy pairs, max length 128, beta 0.1. Peak = the process's peak RSS;
               baseline = the same process after importing trl, before the model loads. Run twice:
               with glibc's default allocator settings (what a TRL user gets) and with the same
-              mmap threshold as ours (MALLOC_MMAP_THRESHOLD_, equal settings: the ratio line).
+              allocator as ours (equal settings: the ratio line): the library ours preloads
+              (`--allocator`, default auto: tcmalloc where installed), or glibc at our mmap
+              threshold (MALLOC_MMAP_THRESHOLD_) where ours runs on glibc.
+    allocator `train.cpu_allocator` of every case of ours (align.allocator); CPU s: the case's
+              user + system CPU seconds (steadier than wall time on a shared machine).
 The lines `peak memory lora/full (smollm2, TRAINER): X` compare peaks above each process's own
 baseline; `peak memory ours/trl (smollm2, grpo|dpo): X` likewise, at equal allocator settings.
 """
@@ -43,26 +48,37 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the repository, for align.allocator
+from align.allocator import RESTART_MARK, restart_env, resolve as resolve_allocator  # noqa: E402
 GIB = 2**30
 METHODS = {"sft": "sft", "reward": "rm", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # trainer -> recipe stem
 TARGETS = {"sft": 0.5, "reward": 0.5, "grpo": 0.5, "dpo": 0.4, "ppo": 0.25}
 STEPS = 2
 MMAP_THRESHOLD = str(4 * 2**20)  # align.config.TrainSettings.cpu_mmap_threshold_mib's default, in bytes
-OLD_DEFAULTS = ["train.activation_checkpointing=false", "train.cpu_mmap_threshold_mib=0"]
+ALLOCATOR = "auto"  # --allocator
+OLD_DEFAULTS = ["train.activation_checkpointing=false", "train.cpu_mmap_threshold_mib=0", "train.cpu_allocator=glibc"]
 
 
 def env_one_thread(extra: dict | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    for inherited in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD", RESTART_MARK):  # every case sets its own allocator
+        env.pop(inherited, None)
     return {**env, **(extra or {})}
+
+
+def child_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes so far (their difference around a
+    case is its CPU time: steadier than wall time on a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_ours(method: str, mode: str, work: Path, overrides: list[str] = (), steps: int = STEPS, tag: str = "") -> dict:
     recipe = f"recipes/{METHODS[method]}_smollm2_{mode}.yaml"
     out = work / f"{method}_{mode}{tag}"
     cmd = [sys.executable, "-m", "align.cli", "profile-memory", recipe, "eval.enabled=false", "train.threads=1", "tracking.wandb=false",
-           "train.log_every=1", f"output_dir={out}", *overrides, "--steps", str(steps)]
-    t0 = time.time()
+           "train.log_every=1", f"train.cpu_allocator={ALLOCATOR}", f"output_dir={out}", *overrides, "--steps", str(steps)]
+    t0, cpu0 = time.time(), child_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env_one_thread(), cwd=str(REPO))
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -73,10 +89,11 @@ def run_ours(method: str, mode: str, work: Path, overrides: list[str] = (), step
     summary = json.loads((out / "summary.json").read_text())
     result = {"case": f"{method}_{mode}{tag}", "method": method, "mode": mode, "recipe": recipe, "peak": profile["process_peak_bytes"],
               "baseline": profile["baseline_bytes"], "step_s": seconds / steps, "wall_s": round(time.time() - t0, 1),
+              "cpu_s": round(child_cpu_s() - cpu0, 1), "allocator": summary.get("cpu_allocator", "glibc"),
               "timeline": profile["timeline"], "by_role": summary.get("memory_by_role") or summary.get("memory_bytes"),
               "highest_phase": max(profile["phases"], key=lambda k: profile["phases"][k]["peak_bytes"]) if top else None}
-    print(f"  ran {result['case']}: peak {result['peak'] / GIB:.2f} GiB, baseline {result['baseline'] / GIB:.2f}, "
-          f"{result['step_s']:.1f} s/step ({result['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    print(f"  ran {result['case']} ({result['allocator']}): peak {result['peak'] / GIB:.2f} GiB, baseline {result['baseline'] / GIB:.2f}, "
+          f"{result['step_s']:.1f} s/step ({result['wall_s']:.0f} s, {result['cpu_s']:.0f} CPU s)", file=sys.stderr, flush=True)
     return result
 
 
@@ -162,7 +179,13 @@ def trl_case(method: str, steps: int) -> dict:
 
 
 def run_trl(method: str, work: Path, malloc: str) -> dict:
-    extra = {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD} if malloc == "ours" else {}
+    """TRL's `method` in its own process: with glibc's defaults, or ("ours") with the allocator and
+    settings our cases run with (the same library preloaded, or glibc at our mmap threshold)."""
+    extra = {}
+    if malloc == "ours":
+        name, path = resolve_allocator(ALLOCATOR)
+        extra = restart_env(path, {}) if path is not None else {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        extra.pop(RESTART_MARK, None)
     t0 = time.time()
     proc = subprocess.run([sys.executable, __file__, "--trl-case", method], capture_output=True, text=True,
                           env=env_one_thread(extra), cwd=str(work))
@@ -184,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL pair")
     parser.add_argument("--levels", type=int, default=20, help="GRPO LoRA iterations for the per-iteration peaks (0: skip)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--allocator", default="auto", choices=["auto", "glibc", "tcmalloc", "jemalloc"],
+                        help="train.cpu_allocator of our cases (auto: tcmalloc where installed; align.allocator); "
+                             "TRL's equal-settings case runs with the same")
     parser.add_argument("--trl-case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global ALLOCATOR
+    ALLOCATOR = args.allocator
     if args.trl_case:
         print(json.dumps(trl_case(args.trl_case, steps=STEPS + 1)), flush=True)
         return 0
@@ -199,19 +227,21 @@ def main(argv: list[str] | None = None) -> int:
                                   for malloc in ("glibc", "ours")}
 
     print(f"SmolLM2-135M-Instruct (builtin:smollm2-135m-instruct), float32, CPU, 1 thread per process, evaluation off, "
-          f"{STEPS} steps per case; peaks are process peak RSS, 'above base' subtracts that process's library baseline")
-    print(f"{'case':<24}{'peak GiB':>9}{'baseline':>9}{'above base':>11}{'s/step':>8}  highest phase / memory by role (MiB)")
+          f"{STEPS} steps per case; peaks are process peak RSS, 'above base' subtracts that process's library baseline; "
+          f"train.cpu_allocator={ALLOCATOR}")
+    print(f"{'case':<24}{'allocator':>10}{'peak GiB':>9}{'baseline':>9}{'above base':>11}{'s/step':>8}{'CPU s':>7}  highest phase / memory by role (MiB)")
     for r in [*rows.values(), *([old] if old else [])]:
         roles = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (r["by_role"] or {}).items()
                           if k not in ("total", "peak_measured") and isinstance(v, (int, float)) and v)
-        print(f"{r['case']:<24}{r['peak'] / GIB:>9.2f}{r['baseline'] / GIB:>9.2f}{above(r):>11.2f}{r['step_s']:>8.1f}  "
-              f"{r['highest_phase']}; {roles}")
+        print(f"{r['case']:<24}{r['allocator']:>10}{r['peak'] / GIB:>9.2f}{r['baseline'] / GIB:>9.2f}{above(r):>11.2f}{r['step_s']:>8.1f}"
+              f"{r['cpu_s']:>7.0f}  {r['highest_phase']}; {roles}")
     for r in trl.values():
         print(f"{r['case'] + ' (' + r['malloc'] + ')':<24}{r['peak'] / GIB:>9.2f}{r['baseline'] / GIB:>9.2f}{above(r):>11.2f}{r['step_s']:>8.1f}")
     if old is not None:
         new = rows[("grpo", "lora")]
         print(f"grpo lora, the defaults before -> now: peak above base {above(old):.2f} -> {above(new):.2f} GiB, "
-              f"step {old['step_s']:.1f} -> {new['step_s']:.1f} s (x{new['step_s'] / old['step_s']:.2f})")
+              f"step {old['step_s']:.1f} -> {new['step_s']:.1f} s (x{new['step_s'] / old['step_s']:.2f}), "
+              f"CPU time of the whole case {old['cpu_s']:.0f} -> {new['cpu_s']:.0f} s (x{new['cpu_s'] / old['cpu_s']:.2f})")
     if levels is not None:
         peaks = iteration_peaks(levels["timeline"])
         print(f"grpo lora, peak of each of {len(peaks)} iterations (GiB): " + " ".join(f"{p:.2f}" for p in peaks))
