@@ -219,6 +219,8 @@ def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_d
             "metric_before": statistics.fmean(s["eval_before"].get(study.metric, math.nan) for _, s in best),
             "seeds": len(best),
             "peak_memory_mb": max(s["peak_memory_bytes"] for _, s in best) / 2**20,
+            # the C allocator of those runs (train.cpu_allocator; runs from before it was recorded: glibc)
+            "allocator": "+".join(sorted({s.get("cpu_allocator", "glibc") for _, s in best})),
             "trainable_parameters": best[0][1]["trainable_parameters"],
             "wall_time_s": statistics.fmean(s["wall_time_s"] for _, s in best),
             "by_lr": {lr: scored[lr] for lr in config.lrs if lr in scored},
@@ -258,9 +260,14 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
                  f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else "",
                  f"{row['metric_before']:.{d}f}"]
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
-        cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}", f"{row['trainable_parameters']:,}",
+        mixed = len({r.get("allocator", "glibc") for r in rows}) > 1
+        cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}" + (f" ({row['allocator']})" if mixed else ""),
+                  f"{row['trainable_parameters']:,}",
                   ", ".join(f"{lr:g}: {m:.{d}f}" for lr, (m, _) in row["by_lr"].items())]
         lines.append("| " + " | ".join(cells) + " |")
+    if len({r.get("allocator", "glibc") for r in rows}) > 1:
+        lines += ["", "Peak memory: these runs had different C allocators (`train.cpu_allocator`, in brackets); "
+                  "peaks compare only under one allocator, the metrics under any (the allocator moves memory, not numbers)."]
     edges = [r["configuration"] for r in rows if r["edge"]]
     if edges:
         lines += ["", f"**WARNING: the best LR of {', '.join(edges)} is at the edge of its grid; extend the grid.**"]
