@@ -43,7 +43,7 @@ from align.report import report_command, write_report
 from align.tasks.onpolicy_pairs import PAIR_SOURCES
 
 
-def _train(args: argparse.Namespace, restart_argv: list[str] | None) -> str:
+def _train(args: argparse.Namespace, restart_argv: list[str] | None = None) -> str:
     cfg = load_recipe(args.recipe, args.overrides)
     _use_allocator(cfg, restart_argv)
     return _prepared_trainer(cfg)(cfg).run_dir
@@ -77,7 +77,7 @@ def _prepared_trainer(cfg):
     return getattr(importlib.import_module(module_name), function_name)
 
 
-def _profile_memory(args: argparse.Namespace, restart_argv: list[str] | None) -> None:
+def _profile_memory(args: argparse.Namespace, restart_argv: list[str] | None = None) -> None:
     from align.profile_memory import format_profile, profile_run, write_profile  # imports torch: not on every command
 
     cfg = load_recipe(args.recipe, [*args.overrides, f"train.steps={args.steps}"])
