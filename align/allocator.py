@@ -67,6 +67,7 @@ def resolve(setting: str, dirs: list[Path] | None = None) -> tuple[str, str | No
         if setting == "auto":
             return "glibc", None
         raise ConfigError(f"train.cpu_allocator: {setting} is preloaded on Linux only; use auto or glibc on {sys.platform}")
+    dirs = _library_dirs() if dirs is None else dirs
     if setting == "auto":
         if _nvidia_driver():
             return "glibc", None
@@ -78,7 +79,7 @@ def resolve(setting: str, dirs: list[Path] | None = None) -> tuple[str, str | No
     path = find_library(setting, dirs)
     if path is None:
         raise ConfigError(f"train.cpu_allocator: {setting} is not installed here (none of {', '.join(LIBRARIES[setting])} "
-                          f"in {', '.join(str(d) for d in (_library_dirs() if dirs is None else dirs))}); install "
+                          f"in {', '.join(str(d) for d in dirs)}); install "
                           f"{PACKAGES[setting]}, or set train.cpu_allocator=auto")
     return setting, path
 

@@ -140,7 +140,7 @@ def _uniforms(B: int, T: int, generator: torch.Generator | Sequence[torch.Genera
     and the batch it is in), else from the one generator (or the global RNG) in one call."""
     if isinstance(generator, (list, tuple)):
         return torch.stack([torch.rand(T, generator=g, device=g.device, dtype=torch.float64).to(device)
-                            for g in generator]) if generator else torch.zeros(0, T, dtype=torch.float64, device=device)
+                            for g in generator])
     source = generator.device if generator is not None else device
     return torch.rand(B, T, generator=generator, device=source, dtype=torch.float64).to(device)
 

@@ -251,6 +251,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     header += [f"{k} (mean ± std)" for k in study.secondary]
     header += ["seeds", "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
     better, d = ("the highest" if study.higher_is_better else "the lowest"), study.digits
+    mixed = len({r.get("allocator", "glibc") for r in rows}) > 1  # runs under different C allocators: say so by their peaks
     lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR "
              f"({better} seed mean of its grid).",
              *[f"{n}  " for n in notes], "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -260,12 +261,11 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
                  f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else "",
                  f"{row['metric_before']:.{d}f}"]
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
-        mixed = len({r.get("allocator", "glibc") for r in rows}) > 1
         cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}" + (f" ({row['allocator']})" if mixed else ""),
                   f"{row['trainable_parameters']:,}",
                   ", ".join(f"{lr:g}: {m:.{d}f}" for lr, (m, _) in row["by_lr"].items())]
         lines.append("| " + " | ".join(cells) + " |")
-    if len({r.get("allocator", "glibc") for r in rows}) > 1:
+    if mixed:
         lines += ["", "Peak memory: these runs had different C allocators (`train.cpu_allocator`, in brackets); "
                   "peaks compare only under one allocator, the metrics under any (the allocator moves memory, not numbers)."]
     edges = [r["configuration"] for r in rows if r["edge"]]
