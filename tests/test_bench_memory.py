@@ -32,3 +32,20 @@ def test_bench_memory_quick(repo):
     assert rows["lora"]["accounted"] < rows["full"]["accounted"]
     ratio = float(lines[-1].rsplit(" ", 1)[1])
     assert ratio == round(rows["lora"]["peak"] / rows["full"]["peak"], 2) or abs(ratio - rows["lora"]["peak"] / rows["full"]["peak"]) < 0.011
+
+
+def test_smollm2_bench_gives_each_side_by_side_case_its_own_cpu_time(repo):
+    """`bench_memory_smollm2.run_child` (what `--jobs` stands on): two children at once, one busy
+    for ~0.4 CPU s and one asleep, each get their own CPU seconds, exit code and output."""
+    import importlib.util
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = importlib.util.spec_from_file_location("bench_memory_smollm2", repo / "scripts" / "benchmarks" / "bench_memory_smollm2.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    busy = [sys.executable, "-c", "import time; t = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('busy')"]
+    idle = [sys.executable, "-c", "import sys, time; time.sleep(0.5); print('idle'); sys.exit(3)"]
+    with ThreadPoolExecutor(2) as pool:
+        busy_result, idle_result = pool.map(lambda cmd: bench.run_child(cmd, dict(os.environ), str(repo)), [busy, idle])
+    assert busy_result[0] == 0 and busy_result[1].strip() == "busy" and busy_result[3] >= 0.4
+    assert idle_result[0] == 3 and idle_result[1].strip() == "idle" and idle_result[3] < 0.35  # interpreter start-up only

@@ -1,11 +1,11 @@
 """Peak memory of every trainer on the real base (SmolLM2-135M-Instruct), LoRA against full, and
 against TRL at equal settings.
 
-    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2            # everything (~40 min on 2 busy cores)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2            # everything, 2 cases at a time (~30 min on 2 cores)
     OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2 --only grpo dpo --no-trl --levels 0
 
 What runs, each case in its OWN process (on CPU the peak resident set cannot be reset), one torch
-thread, float32, evaluation off:
+thread, float32, evaluation off, `--jobs` cases side by side (default 2; a peak is its own process's):
     ours      `align profile-memory recipes/<method>_smollm2_<mode>.yaml eval.enabled=false --steps 2`
               for sft, reward (rm_*), dpo, ppo and grpo, mode lora and full: the real-base recipes
               with the library's defaults (activation checkpointing on for a base this size, freed
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,11 +67,17 @@ def env_one_thread(extra: dict | None = None) -> dict:
     return {**env, **(extra or {})}
 
 
-def child_cpu_s() -> float:
-    """User + system CPU seconds of the finished child processes so far (their difference around a
-    case is its CPU time: steadier than wall time on a shared machine)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def run_child(cmd: list[str], env: dict, cwd: str) -> tuple[int, str, str, float]:
+    """Run `cmd` to its end: (exit code, stdout, stderr, its user + system CPU seconds). The CPU time
+    comes from this child's own rusage (`os.wait4`), so cases that run side by side (`--jobs`) each
+    get their own: steadier than wall time on a shared machine."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime
 
 
 def run_ours(method: str, mode: str, work: Path, overrides: list[str] = (), steps: int = STEPS, tag: str = "") -> dict:
@@ -78,10 +85,10 @@ def run_ours(method: str, mode: str, work: Path, overrides: list[str] = (), step
     out = work / f"{method}_{mode}{tag}"
     cmd = [sys.executable, "-m", "align.cli", "profile-memory", recipe, "eval.enabled=false", "train.threads=1", "tracking.wandb=false",
            "train.log_every=1", f"train.cpu_allocator={ALLOCATOR}", f"output_dir={out}", *overrides, "--steps", str(steps)]
-    t0, cpu0 = time.time(), child_cpu_s()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_one_thread(), cwd=str(REPO))
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    t0 = time.time()
+    returncode, _, stderr, cpu_s = run_child(cmd, env_one_thread(), str(REPO))
+    if returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     profile = json.loads((out / "memory_profile.json").read_text())
     top = [v for k, v in profile["phases"].items() if "/" not in k or k.startswith("update/")]
     seconds = sum(v["seconds"] for k, v in profile["phases"].items() if k in ("rollout", "scoring", "old_logprobs",
@@ -89,7 +96,7 @@ def run_ours(method: str, mode: str, work: Path, overrides: list[str] = (), step
     summary = json.loads((out / "summary.json").read_text())
     result = {"case": f"{method}_{mode}{tag}", "method": method, "mode": mode, "recipe": recipe, "peak": profile["process_peak_bytes"],
               "baseline": profile["baseline_bytes"], "step_s": seconds / steps, "wall_s": round(time.time() - t0, 1),
-              "cpu_s": round(child_cpu_s() - cpu0, 1), "allocator": summary.get("cpu_allocator", "glibc"),
+              "cpu_s": round(cpu_s, 1), "allocator": summary.get("cpu_allocator", "glibc"),
               "timeline": profile["timeline"], "by_role": summary.get("memory_by_role") or summary.get("memory_bytes"),
               "highest_phase": max(profile["phases"], key=lambda k: profile["phases"][k]["peak_bytes"]) if top else None}
     print(f"  ran {result['case']} ({result['allocator']}): peak {result['peak'] / GIB:.2f} GiB, baseline {result['baseline'] / GIB:.2f}, "
@@ -187,11 +194,11 @@ def run_trl(method: str, work: Path, malloc: str) -> dict:
         extra = restart_env(path, {}) if path is not None else {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
         extra.pop(RESTART_MARK, None)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--trl-case", method], capture_output=True, text=True,
-                          env=env_one_thread(extra), cwd=str(work))
-    if proc.returncode != 0:
-        raise SystemExit(f"TRL {method} failed:\n{proc.stderr[-3000:]}")
-    result = {**json.loads(proc.stdout.strip().splitlines()[-1]), "malloc": malloc, "wall_s": round(time.time() - t0, 1)}
+    returncode, stdout, stderr, cpu_s = run_child([sys.executable, __file__, "--trl-case", method], env_one_thread(extra), str(work))
+    if returncode != 0:
+        raise SystemExit(f"TRL {method} failed:\n{stderr[-3000:]}")
+    result = {**json.loads(stdout.strip().splitlines()[-1]), "malloc": malloc, "wall_s": round(time.time() - t0, 1),
+              "cpu_s": round(cpu_s, 1)}
     print(f"  ran trl {method} ({malloc} malloc): peak {result['peak'] / GIB:.2f} GiB, baseline {result['baseline'] / GIB:.2f}, "
           f"{result['step_s']:.1f} s/step", file=sys.stderr, flush=True)
     return result
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allocator", default="auto", choices=["auto", "glibc", "tcmalloc", "jemalloc"],
                         help="train.cpu_allocator of our cases (auto: tcmalloc where installed; align.allocator); "
                              "TRL's equal-settings case runs with the same")
+    parser.add_argument("--jobs", type=int, default=2, help="cases at a time, one process and one thread each (default 2)")
     parser.add_argument("--trl-case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global ALLOCATOR
@@ -220,13 +228,30 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="bench_memory_smollm2_"))
-    rows = {(m, mode): run_ours(m, mode, work) for m in args.only for mode in ("lora", "full")}
-    old = run_ours("grpo", "lora", work, OLD_DEFAULTS, tag="_old_defaults") if "grpo" in args.only else None
-    levels = run_ours("grpo", "lora", work, steps=args.levels, tag="_levels") if args.levels and "grpo" in args.only else None
-    trl = {} if args.no_trl else {(m, malloc): run_trl(m, work, malloc) for m in ("grpo", "dpo") if m in args.only
-                                  for malloc in ("glibc", "ours")}
+    # Every case is a process of its own; `--jobs` of them run side by side, the longest first
+    # (the levels run), so the whole command fits ~30 minutes on 2 cores. A peak is its own
+    # process's, so side by side does not change it; step times then include the neighbour's
+    # memory traffic, the same for LoRA and full.
+    cases: dict = {}
+    if args.levels and "grpo" in args.only:
+        cases[("levels",)] = lambda: run_ours("grpo", "lora", work, steps=args.levels, tag="_levels")
+    if "grpo" in args.only:
+        cases[("old",)] = lambda: run_ours("grpo", "lora", work, OLD_DEFAULTS, tag="_old_defaults")
+    for m in args.only:
+        for mode in ("lora", "full"):
+            cases[(m, mode)] = lambda m=m, mode=mode: run_ours(m, mode, work)
+    for m in ("grpo", "dpo"):
+        for malloc in ("glibc", "ours"):
+            if m in args.only and not args.no_trl:
+                cases[("trl", m, malloc)] = lambda m=m, malloc=malloc: run_trl(m, work, malloc)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {key: pool.submit(case) for key, case in cases.items()}
+        done = {key: future.result() for key, future in futures.items()}
+    rows = {(m, mode): done[(m, mode)] for m in args.only for mode in ("lora", "full")}
+    old, levels = done.get(("old",)), done.get(("levels",))
+    trl = {key[1:]: r for key, r in done.items() if key[0] == "trl"}  # (method, malloc) -> result
 
-    print(f"SmolLM2-135M-Instruct (builtin:smollm2-135m-instruct), float32, CPU, 1 thread per process, evaluation off, "
+    print(f"SmolLM2-135M-Instruct (builtin:smollm2-135m-instruct), float32, CPU, 1 thread per process, {args.jobs} at a time, evaluation off, "
           f"{STEPS} steps per case; peaks are process peak RSS, 'above base' subtracts that process's library baseline; "
           f"train.cpu_allocator={ALLOCATOR}")
     print(f"{'case':<24}{'allocator':>10}{'peak GiB':>9}{'baseline':>9}{'above base':>11}{'s/step':>8}{'CPU s':>7}  highest phase / memory by role (MiB)")
