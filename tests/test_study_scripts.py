@@ -3,6 +3,7 @@ builds and runs themselves are the trainers', tested elsewhere)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -67,3 +68,24 @@ def test_ppo_vs_grpo_writes_its_table(tmp_path):
     for entry in table["methods"].values():
         assert entry["iterations_in_equal_time"][0] >= 0 and entry["state_bytes"][0] > 0
     assert "| grpo |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_spread_names_finished_runs_its_table_leaves_out(tmp_path, capsys):
+    """`spread.py --seeds 0` over a runs folder that also holds seed 1 (another process finished it):
+    the table has seed 0 only, and a note names s1 and how to table both. Finished runs are reused,
+    so nothing trains here."""
+    runs = tmp_path / "runs"
+    for seed, accuracy in ((0, 0.5), (1, 0.75)):
+        run = runs / f"s{seed}-avx2"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"eval_before": {"accuracy": 0.25}, "eval_after": {"accuracy": accuracy},
+                                                      "wall_time_s": 1.0, "peak_memory_bytes": 2**30}))
+    assert spread.main(["recipes/ppo_lora.yaml", "--seeds", "0", "--caps", "avx2", "--runs-dir", str(runs),
+                        "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "| 0 | avx2 | 0.250 -> 0.500 |" in out and "| 1 | avx2 |" not in out
+    assert "also holds finished runs this table leaves out: s1-avx2" in err
+    assert spread.main(["recipes/ppo_lora.yaml", "--seeds", "0", "1", "--caps", "avx2", "--runs-dir", str(runs),
+                        "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "| 1 | avx2 | 0.250 -> 0.750 |" in out and "leaves out" not in err

@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps({"command": cmd, "runs": rows, "mean_std": summary}, indent=2))
     print(text)
+    # Another process (or an earlier call) may have finished seeds this call was not given: the
+    # table above leaves them out, so say which, and how to have one table of them all.
+    others = sorted(d.name for d in runs_dir.glob("s*-*") if (d / "summary.json").exists() and d.name not in
+                    {f"s{s}-{c}" for s, c in jobs})
+    if others:
+        print(f"note: {runs_dir} also holds finished runs this table leaves out: {' '.join(others)} "
+              f"(rerun with every seed in --seeds to table them all; finished runs are reused)", file=sys.stderr)
     return 0
 
 
