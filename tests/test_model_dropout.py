@@ -189,5 +189,5 @@ def test_dpo_loss_in_train_mode_equals_trl_on_a_model_with_dropout(tmp_path, gpt
     trainer.model.train(), base.model.train()
     trl_loss = trainer.compute_loss(trainer.model, theirs)
     our_loss, _, _ = dpo_loss_on_batch(base, ours, get_preference_loss("sigmoid"), _cfg())
-    assert float(our_loss) == pytest.approx(float(trl_loss), abs=1e-5)
-    assert float(our_loss) != pytest.approx(math.log(2), abs=1e-3)
+    assert our_loss.item() == pytest.approx(trl_loss.item(), abs=1e-5)
+    assert our_loss.item() != pytest.approx(math.log(2), abs=1e-3)
