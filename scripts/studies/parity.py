@@ -20,7 +20,7 @@ On the real base, SmolLM2-135M-Instruct (issue 25; outputs under results/atlas/r
 
     OMP_NUM_THREADS=1 python scripts/studies/parity.py grpo_smollm2   # 5 and 6: GRPO, FullFT vs LoRA r1/r8, 20 runs of ~12 min (2 at a time)
     OMP_NUM_THREADS=1 python scripts/studies/parity.py dpo_smollm2    # 5 and 6 on DPO: FullFT vs LoRA r1/r8, ~17 runs of ~13 min (2 at a time)
-    OMP_NUM_THREADS=1 python scripts/studies/parity.py ppo_smollm2    # 5 and 6 on PPO: FullFT vs LoRA r1/r8, ~15 runs of ~25 min
+    OMP_NUM_THREADS=1 python scripts/studies/parity.py ppo_smollm2    # 5 and 6 on PPO: FullFT vs LoRA r1/r8, ~16 runs of ~20-25 min
 
 The SFT studies share runs/atlas_sft, so a configuration two of them hold (e.g. sft's lora_r8 in
 sft_batch, sft_targets and sft_rslora) runs once; run `sft` first. Their metric is the held-out
@@ -377,7 +377,7 @@ STUDIES["grpo_smollm2"] = _REAL_GRPO
 # both RL methods see the same number); the grids start from the GRPO study's bests (FullFT 3e-5,
 # LoRA 3e-4) and bracket them. The critic trains at the policy's LR (ppo.value_lr unset), as the
 # recipe has it.
-REAL_FULL_PPO_LRS = [1e-5, 3e-5, 1e-4]
+REAL_FULL_PPO_LRS = [3e-6, 1e-5, 3e-5, 1e-4]  # extended down: 1e-5 won at the bottom edge of the first grid (seed 0: 0.323 against 0.188 at 3e-5)
 REAL_LORA_PPO_LRS = [1e-4, 3e-4, 1e-3]
 _REAL_PPO = dataclasses.replace(
     _REAL_GRPO, recipe="recipes/ppo_smollm2_lora.yaml",
