@@ -1,7 +1,7 @@
 """Peak memory of every trainer on the real base (SmolLM2-135M-Instruct), LoRA against full, and
 against TRL at equal settings.
 
-    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2            # everything, 2 cases at a time (~30 min on 2 cores)
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2            # everything, 2 cases at a time (18 min on 2 free cores)
     OMP_NUM_THREADS=1 python scripts/benchmarks/bench_memory.py --model smollm2 --only grpo dpo --no-trl --levels 0
 
 What runs, each case in its OWN process (on CPU the peak resident set cannot be reset), one torch
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="bench_memory_smollm2_"))
     # Every case is a process of its own; `--jobs` of them run side by side, the longest first
-    # (the levels run), so the whole command fits ~30 minutes on 2 cores. A peak is its own
+    # (the levels run), so the whole command fits ~20 minutes on 2 cores (18 measured). A peak is its own
     # process's, so side by side does not change it; step times then include the neighbour's
     # memory traffic, the same for LoRA and full.
     cases: dict = {}
