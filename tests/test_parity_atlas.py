@@ -228,3 +228,32 @@ def test_real_base_study_smoke(tmp_path, repo, method):
     study = json.loads((out / "study.json").read_text())
     assert study["metric"] == "accuracy_sampled" and study["higher_is_better"] is True
     assert set(study["secondary"]) <= set(summary["eval_after"]) | {"mean_response_length"}
+
+
+def _short_lr(lr: float) -> str:
+    """3e-05 -> '3e-5', the way the README and the atlas write an LR."""
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+@pytest.mark.parametrize("method", ["grpo", "dpo", "ppo"])
+def test_real_base_figures_quote_the_committed_study_tables(repo, method):
+    """Every figure of a real-base study that the README's headline and the atlas's section quote
+    (each configuration's best LR, metric mean ± std, greedy mean ± std) is the committed
+    `table.csv`'s: a table re-measured without its quotes updated, or the reverse, fails here."""
+    import csv
+
+    table = repo / "results" / "atlas" / "real_base" / method / "table.csv"
+    if not table.exists():
+        pytest.skip(f"{table.relative_to(repo)} is not committed yet (the study has not finished)")
+    readme = (repo / "README.md").read_text().splitlines()
+    atlas = (repo / "results" / "atlas" / "README.md").read_text().splitlines()
+    labels = {"full": "FullFT", "lora_r1": "LoRA r1", "lora_r8": "LoRA r8"}
+    for row in csv.DictReader(table.open()):
+        label, lr = labels[row["configuration"]], _short_lr(float(row["best_lr"]))
+        sampled = f"{float(row['metric_mean']):.3f} ± {float(row['metric_std']):.3f}"
+        greedy = f"{float(row['accuracy_greedy_mean']):.3f} ± {float(row['accuracy_greedy_std']):.3f}"
+        assert any(line.startswith(f"| {label}, LR {lr} |") and sampled in line and greedy in line for line in readme), \
+            f"README: no '| {label}, LR {lr} |' row with {sampled} and greedy {greedy} ({table.relative_to(repo)})"
+        assert any(line.startswith(f"| {label} |") and f"| {lr} (" in line and sampled in line and greedy in line
+                   for line in atlas), f"atlas: no '| {label} |' row at {lr} with {sampled} and {greedy}"
