@@ -257,3 +257,13 @@ def test_real_base_figures_quote_the_committed_study_tables(repo, method):
             f"README: no '| {label}, LR {lr} |' row with {sampled} and greedy {greedy} ({table.relative_to(repo)})"
         assert any(line.startswith(f"| {label} |") and f"| {lr} (" in line and sampled in line and greedy in line
                    for line in atlas), f"atlas: no '| {label} |' row at {lr} with {sampled} and {greedy}"
+
+
+def test_tensors_by_role_reads_the_runs_memory_by_role(sweep):
+    """The study table's 'tensors by role' cell: summary.json's memory_by_role in MB, empty roles
+    and the total left out; nothing for a run from before it was recorded."""
+    mb = 2**20
+    summary = {"memory_by_role": {"base": 513 * mb, "policy": int(1.25 * mb), "value": 0, "gradients": 0,
+                                  "optimizer_state": 19 * mb, "total": 533 * mb}}
+    assert sweep._tensors_by_role(summary) == "base 513; policy 1.2; optimizer 19"
+    assert sweep._tensors_by_role({}) == ""

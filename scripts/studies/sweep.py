@@ -193,6 +193,15 @@ def later_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int]
     return sorted(jobs, key=lambda j: order[j[2]]), notes
 
 
+def _tensors_by_role(summary: dict) -> str:
+    """summary.json's memory_by_role in MB, the roles that hold something: 'base 513; policy 1.2; ...'
+    ('' for runs from before it was recorded)."""
+    names = {"optimizer_state": "optimizer", "gradients": "grads"}
+    by_role = summary.get("memory_by_role") or {}
+    return "; ".join(f"{names.get(k, k)} {v / 2**20:.{1 if v < 10 * 2**20 else 0}f}"
+                     for k, v in by_role.items() if k != "total" and v)
+
+
 def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list[dict]:
     rows = []
     for config in configs:
@@ -223,6 +232,9 @@ def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_d
             "allocator": "+".join(sorted({s.get("cpu_allocator", "glibc") for _, s in best})),
             "trainable_parameters": best[0][1]["trainable_parameters"],
             "wall_time_s": statistics.fmean(s["wall_time_s"] for _, s in best),
+            # the tensors each role holds (weights, gradients, optimizer state: summary.json's
+            # memory_by_role), equal for every seed of a configuration: the first seed's
+            "tensors_by_role_mb": _tensors_by_role(best[0][1]),
             "by_lr": {lr: scored[lr] for lr in config.lrs if lr in scored},
             "curves": [_curve(runs_dir / run_name(config, best_at, seed), f"eval/{study.metric}") for seed, _ in best],
         }
@@ -239,7 +251,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     columns = ["configuration", "best_lr", "edge", "metric_mean", "metric_std", "metric_before"]
     for key in study.secondary:
         columns += [f"{key}_mean", f"{key}_std"]
-    columns += ["seeds", "peak_memory_mb", "trainable_parameters", "wall_time_s"]
+    columns += ["seeds", "peak_memory_mb", "tensors_by_role_mb", "trainable_parameters", "wall_time_s"]
     with open(out_dir / "table.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns + ["metric_by_lr"])
@@ -249,7 +261,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     full = next((r for r in rows if r["configuration"] == "full"), None)
     header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", "before"]
     header += [f"{k} (mean ± std)" for k in study.secondary]
-    header += ["seeds", "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
+    header += ["seeds", "peak memory (MB)", "tensors by role (MB)", "trainable params", "all LRs (seed mean)"]
     better, d = ("the highest" if study.higher_is_better else "the lowest"), study.digits
     mixed = len({r.get("allocator", "glibc") for r in rows}) > 1  # runs under different C allocators: say so by their peaks
     lines = [f"# {title}", "", f"Metric: {study.metric_label}, after training, at each configuration's best LR "
@@ -262,7 +274,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
                  f"{row['metric_before']:.{d}f}"]
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
         cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}" + (f" ({row['allocator']})" if mixed else ""),
-                  f"{row['trainable_parameters']:,}",
+                  row["tensors_by_role_mb"], f"{row['trainable_parameters']:,}",
                   ", ".join(f"{lr:g}: {m:.{d}f}" for lr, (m, _) in row["by_lr"].items())]
         lines.append("| " + " | ".join(cells) + " |")
     if mixed:
