@@ -16,7 +16,12 @@ trainer runs it first (`align.trainers.common.start_run`), before anything is wr
   model (shapes of the saved LoRA, full weights and scalar head, read from the safetensors headers,
   against the recipe's model built on the meta device);
 - a policy's init adapter settles `lora.rank`, `lora.alpha`, `lora.targets` and `lora.rslora`
-  (`_settle_lora`).
+  (`_settle_lora`);
+- `mode: full`: the run's folder has room for what the run will save (`_check_disk_room`: the
+  trained copies' checkpoints with their AdamW state, and their exported weights; a full PPO run
+  of SmolLM2-135M saves 4.0 GiB, its run folder measured 4.01), so a full disk stops it at the
+  start, not at its last save (as two 23-minute runs of the PPO study learned).
+  LoRA runs save a few MB and are not checked.
 Each problem is one ConfigError line: key, path, what is wrong. `adapter_load_errors` wraps the
 actual loads in the trainers, for a misfit these checks cannot foresee.
 
@@ -73,7 +78,41 @@ def preflight(cfg: RecipeConfig) -> RecipeConfig:
 
     for key, role in _saved_roles(cfg):
         _check_saved_role(cfg, key, role, recipe_model)
+    if cfg.mode == "full":
+        _check_disk_room(cfg, recipe_model())
     return cfg
+
+
+def full_run_save_bytes(cfg: RecipeConfig, parameters: int) -> int:
+    """What a `mode: full` run of a model with `parameters` weights writes at most at once: per
+    trained copy (the policy; PPO's critic too) each live checkpoint holds the weights and AdamW's
+    two moments (3 x 4 bytes: AdamW state is kept in float32 here), and the run exports the weights
+    once in `cfg.model.dtype`. Live checkpoints: the newest `keep` (2) and the one being written,
+    only one when the run saves at its end alone (`train.save_every` 0 or >= the steps)."""
+    copies = 2 if cfg.method == "ppo" else 1
+    periodic = 0 < cfg.train.save_every < cfg.train.steps
+    live_checkpoints = 3 if periodic else 1
+    export_bytes = 2 if cfg.dtype in ("bfloat16", "float16") else 4
+    return copies * parameters * (live_checkpoints * 12 + export_bytes)
+
+
+def _check_disk_room(cfg: RecipeConfig, meta_model: Any) -> None:
+    """A full-mode run needs room for its saves (`full_run_save_bytes`) where it writes them; the
+    folder's nearest existing parent is measured (the run folder is made later)."""
+    if meta_model is None:
+        return  # the model's size is unknown here (an uncached hub id): the load says the rest
+    import shutil
+
+    where = Path(cfg.output_dir) if cfg.output_dir is not None else Path("runs")
+    existing = next((p for p in (where, *where.absolute().parents) if p.exists()), None)
+    if existing is None:
+        return
+    need = full_run_save_bytes(cfg, sum(p.numel() for p in meta_model.parameters()))
+    free = shutil.disk_usage(existing).free  # a resumed run's old checkpoints go only after its new one is written
+    if free < need:
+        raise ConfigError(f"output_dir: a mode=full {cfg.method} run of {cfg.model} saves up to {need / 2**30:.1f} GiB "
+                          f"(checkpoints with AdamW state, and the exported weights) and {existing} has "
+                          f"{free / 2**30:.1f} GiB free; free some space or set output_dir on another disk")
 
 
 @contextmanager

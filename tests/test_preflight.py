@@ -337,3 +337,27 @@ def test_an_init_adapter_that_conflicts_with_the_recipe_is_refused(tmp_path, sav
     # the same values as the adapter's are no conflict
     same = {"lora.rank": "2", "lora.alpha": "16", "lora.targets": "attention"}[key]
     preflight(load_recipe(None, DPO + [f"dpo.init_adapter={saved / 'sft' / 'adapter'}", f"{key}={same}"]))
+
+
+def test_a_full_run_without_room_for_its_saves_stops_before_anything_is_written(tmp_path, monkeypatch):
+    """mode=full: preflight measures the free space where the run will save against what it will
+    save (checkpoints with AdamW state and the exported weights of each trained copy), so a full
+    disk stops the run at its start with one line, not at its last save. LoRA runs are not checked."""
+    import shutil
+    from collections import namedtuple
+
+    from align.preflight import full_run_save_bytes
+
+    cfg = load_recipe(None, [*PPO, "mode=full", f"output_dir={tmp_path / 'run'}"])
+    params = sum(p.numel() for p in load_model_and_tokenizer("scratch:test")[0].parameters())
+    need = full_run_save_bytes(cfg, params)
+    assert need == 2 * params * 16  # policy and critic, one checkpoint (saved at the end) and the export
+    assert full_run_save_bytes(load_recipe(None, [*PPO, "mode=full", "train.steps=4", "train.save_every=1"]), params) == 2 * params * 40
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
+    with pytest.raises(ConfigError, match=r"^output_dir: a mode=full ppo run of scratch:test saves up to .* GiB free"):
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()
+    preflight(load_recipe(None, [*PPO, f"output_dir={tmp_path / 'run'}"]))  # LoRA: a few MB, not checked
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    preflight(cfg)
