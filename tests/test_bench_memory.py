@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_memory_quick(repo):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -49,3 +51,36 @@ def test_smollm2_bench_gives_each_side_by_side_case_its_own_cpu_time(repo):
         busy_result, idle_result = pool.map(lambda cmd: bench.run_child(cmd, dict(os.environ), str(repo)), [busy, idle])
     assert busy_result[0] == 0 and busy_result[1].strip() == "busy" and busy_result[3] >= 0.4
     assert idle_result[0] == 3 and idle_result[1].strip() == "idle" and idle_result[3] < 0.35  # interpreter start-up only
+
+
+def test_smollm2_bench_removes_its_run_folders(repo, monkeypatch, tmp_path, capsys):
+    """The benchmark's cases write full-mode checkpoints (~13 GB in all) under one temporary folder:
+    it is removed when the command ends, also when a case fails (three left behind once filled a disk)."""
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("bench_memory_smollm2", repo / "scripts" / "benchmarks" / "bench_memory_smollm2.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    made = []
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix: made.append(tmp_path / prefix) or (tmp_path / prefix).mkdir() or str(tmp_path / prefix))
+
+    def case(method, mode, work, *args, **kwargs):
+        (work / f"{method}_{mode}").mkdir()
+        (work / f"{method}_{mode}" / "trainable.safetensors").write_bytes(b"0" * 1024)
+        return {"case": f"{method} {mode}", "allocator": "glibc", "peak": 2.0 * 2**30 if mode == "full" else 2**30,
+                "baseline": 0.5 * 2**30, "step_s": 1.0, "cpu_s": 1.0, "highest_phase": "update", "by_role": {}}
+
+    monkeypatch.setattr(bench, "run_ours", case)
+    assert bench.main(["--only", "sft", "--no-trl", "--levels", "0", "--allocator", "glibc"]) == 0
+    assert "peak memory lora/full (smollm2, sft): 0.33" in capsys.readouterr().out
+    assert len(made) == 1 and not made[0].exists()
+
+    def failing(method, mode, work, *args, **kwargs):
+        (work / "partial").mkdir(exist_ok=True)
+        raise RuntimeError("a case failed")
+
+    monkeypatch.setattr(bench, "run_ours", failing)
+    with pytest.raises(RuntimeError, match="a case failed"):
+        bench.main(["--only", "sft", "--no-trl", "--levels", "0", "--allocator", "glibc"])
+    assert len(made) == 2 and not made[1].exists()

@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         for malloc in ("glibc", "ours"):
             if m in args.only and not args.no_trl:
                 cases[("trl", m, malloc)] = lambda m=m, malloc=malloc: run_trl(m, work, malloc)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {key: pool.submit(case) for key, case in cases.items()}
-        done = {key: future.result() for key, future in futures.items()}
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {key: pool.submit(case) for key, case in cases.items()}
+            done = {key: future.result() for key, future in futures.items()}
+    finally:
+        # The cases' run folders hold full-mode checkpoints (~13 GB in all); only the numbers matter.
+        shutil.rmtree(work, ignore_errors=True)
     rows = {(m, mode): done[(m, mode)] for m in args.only for mode in ("lora", "full")}
     old, levels = done.get(("old",)), done.get(("levels",))
     trl = {key[1:]: r for key, r in done.items() if key[0] == "trl"}  # (method, malloc) -> result
