@@ -101,6 +101,9 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
+KEEP_CHECKPOINTS = 2  # a run keeps its newest 2 checkpoints (save_checkpoint's `keep`)
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -109,7 +112,7 @@ def save_checkpoint(
     schedulers: dict[str, Any],
     extra: dict[str, Any] | None = None,
     save_adapter: Callable[[Path], None] | None = None,
-    keep: int = 2,
+    keep: int = KEEP_CHECKPOINTS,
 ) -> Path:
     """Write checkpoint `step` atomically and durably; keep the newest `keep` checkpoints."""
     root = Path(run_dir) / "checkpoints"

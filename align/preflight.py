@@ -38,12 +38,13 @@ Run: `python -c "from align.config import load_recipe; from align.preflight impo
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from align.builtin_bases import loadable_base_path
-from align.checkpoint import latest_checkpoint
+from align.checkpoint import KEEP_CHECKPOINTS, latest_checkpoint
 from align.config import (
     ON_POLICY_METHODS, ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists, reward_spec,
 )
@@ -86,12 +87,13 @@ def preflight(cfg: RecipeConfig) -> RecipeConfig:
 def full_run_save_bytes(cfg: RecipeConfig, parameters: int) -> int:
     """What a `mode: full` run of a model with `parameters` weights writes at most at once: per
     trained copy (the policy; PPO's critic too) each live checkpoint holds the weights and AdamW's
-    two moments (3 x 4 bytes: AdamW state is kept in float32 here), and the run exports the weights
-    once in `cfg.model.dtype`. Live checkpoints: the newest `keep` (2) and the one being written,
-    only one when the run saves at its end alone (`train.save_every` 0 or >= the steps)."""
+    two moments (3 x 4 bytes, float32's: an upper bound for bfloat16 weights, whose moments are
+    bfloat16 too), and the run exports the weights once in `cfg.dtype`. Live checkpoints: the newest
+    KEEP_CHECKPOINTS and the one being written, only one when the run saves at its end alone
+    (`train.save_every` 0 or >= the steps)."""
     copies = 2 if cfg.method == "ppo" else 1
     periodic = 0 < cfg.train.save_every < cfg.train.steps
-    live_checkpoints = 3 if periodic else 1
+    live_checkpoints = KEEP_CHECKPOINTS + 1 if periodic else 1
     export_bytes = 2 if cfg.dtype in ("bfloat16", "float16") else 4
     return copies * parameters * (live_checkpoints * 12 + export_bytes)
 
@@ -101,8 +103,6 @@ def _check_disk_room(cfg: RecipeConfig, meta_model: Any) -> None:
     folder's nearest existing parent is measured (the run folder is made later)."""
     if meta_model is None:
         return  # the model's size is unknown here (an uncached hub id): the load says the rest
-    import shutil
-
     where = Path(cfg.output_dir) if cfg.output_dir is not None else Path("runs")
     existing = next((p for p in (where, *where.absolute().parents) if p.exists()), None)
     if existing is None:

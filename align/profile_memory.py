@@ -55,7 +55,7 @@ def _summary(run_dir: str | None) -> dict[str, Any]:
     return json.loads(path.read_text()) if path is not None and path.exists() else {}
 
 
-def _is_role_bytes(key: str, value) -> bool:
+def is_role_bytes(key: str, value) -> bool:
     """An entry of memory_bytes / memory_by_role that is one role's bytes (not the total, nor the
     measured peak and its kind that the summary keeps beside them)."""
     return key not in ("total", "peak_measured") and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
@@ -90,7 +90,7 @@ def format_profile(profile: PhaseProfile, cfg: RecipeConfig, recipe: str, run_di
     summary = _summary(run_dir)
     for key, title in (("memory_bytes", "accounted state"), ("memory_by_role", "by role")):
         if summary.get(key):
-            parts = ", ".join(f"{k} {v / MIB:.1f} MiB" for k, v in summary[key].items() if _is_role_bytes(k, v))
+            parts = ", ".join(f"{k} {v / MIB:.1f} MiB" for k, v in summary[key].items() if is_role_bytes(k, v))
             lines.append(f"{title}: {parts}; total {summary[key].get('total', 0) / MIB:.0f} MiB")
     if run_dir:
         lines.append(f"run dir: {run_dir}")

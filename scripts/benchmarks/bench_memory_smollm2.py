@@ -52,6 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the repository, for align.allocator
 from align.allocator import RESTART_MARK, restart_env, resolve as resolve_allocator  # noqa: E402
+from align.profile_memory import is_role_bytes  # noqa: E402
 GIB = 2**30
 METHODS = {"sft": "sft", "reward": "rm", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo"}  # trainer -> recipe stem
 TARGETS = {"sft": 0.5, "reward": 0.5, "grpo": 0.5, "dpo": 0.4, "ppo": 0.25}
@@ -261,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
           f"train.cpu_allocator={ALLOCATOR}")
     print(f"{'case':<24}{'allocator':>10}{'peak GiB':>9}{'baseline':>9}{'above base':>11}{'s/step':>8}{'CPU s':>7}  highest phase / memory by role (MiB)")
     for r in [*rows.values(), *([old] if old else [])]:
-        roles = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (r["by_role"] or {}).items()
-                          if k not in ("total", "peak_measured") and isinstance(v, (int, float)) and v)
+        roles = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (r["by_role"] or {}).items() if is_role_bytes(k, v))
         print(f"{r['case']:<24}{r['allocator']:>10}{r['peak'] / GIB:>9.2f}{r['baseline'] / GIB:>9.2f}{above(r):>11.2f}{r['step_s']:>8.1f}"
               f"{r['cpu_s']:>7.0f}  {r['highest_phase']}; {roles}")
     for r in trl.values():

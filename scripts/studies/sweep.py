@@ -196,10 +196,12 @@ def later_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int]
 def _tensors_by_role(summary: dict) -> str:
     """summary.json's memory_by_role in MB, the roles that hold something: 'base 513; policy 1.2; ...'
     ('' for runs from before it was recorded)."""
+    from align.profile_memory import is_role_bytes
+
     names = {"optimizer_state": "optimizer", "gradients": "grads"}
     by_role = summary.get("memory_by_role") or {}
     return "; ".join(f"{names.get(k, k)} {v / 2**20:.{1 if v < 10 * 2**20 else 0}f}"
-                     for k, v in by_role.items() if k != "total" and v)
+                     for k, v in by_role.items() if is_role_bytes(k, v))
 
 
 def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list[dict]:
