@@ -215,6 +215,33 @@ def test_later_seeds_run_only_where_the_first_seed_is_near_the_best(sweep, tmp_p
     assert len(sweep.later_seed_jobs(every, [a, b], [0, 1], tmp_path)[0]) == 5
 
 
+def test_best_seeds_run_at_the_best_lr_and_follow_it_when_it_moves(sweep, tmp_path):
+    """`Study.best_seeds`: seed 2 only at each configuration's best LR by seed mean; once it has
+    landed, a best that moved to another grid point asks for seed 2 there too, and a best that has
+    every seed asks for nothing."""
+    a = sweep.Configuration("a", [], [1e-4, 3e-4])
+    study = sweep.Study(recipe="r.yaml", overrides=[], configurations=[a], metric="acc", metric_label="acc",
+                        seeds=[0, 1], best_seeds=[2])
+
+    def finish(lr, seed, value):
+        run = tmp_path / sweep.run_name(a, lr, seed)
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({
+            "eval_after": {"acc": value}, "eval_before": {"acc": 0.0}, "peak_memory_bytes": 1,
+            "trainable_parameters": 1, "wall_time_s": 1.0}))
+
+    for lr, values in ((1e-4, (0.30, 0.28)), (3e-4, (0.34, 0.30))):
+        for seed, value in enumerate(values):
+            finish(lr, seed, value)
+    assert [(c.name, lr, s) for c, lr, s in sweep.best_seed_jobs(study, [a], [0, 1], tmp_path)] == [("a", 3e-4, 2)]
+    finish(3e-4, 2, 0.10)  # seed 2 pulls 3e-4's mean (0.247) below 1e-4's (0.29): the best moves
+    assert [(lr, s) for _, lr, s in sweep.best_seed_jobs(study, [a], [0, 1], tmp_path)] == [(1e-4, 2)]
+    finish(1e-4, 2, 0.29)
+    assert sweep.best_seed_jobs(study, [a], [0, 1], tmp_path) == []
+    rows = sweep.collect(study, [a], [0, 1, 2], tmp_path)
+    assert rows[0]["best_lr"] == 1e-4 and rows[0]["seeds"] == 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo_smollm2", "ppo_smollm2", "dpo_smollm2"])
 def test_real_base_study_smoke(tmp_path, repo, method):

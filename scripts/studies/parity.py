@@ -341,7 +341,7 @@ STUDIES: dict[str, Study] = {
 # Sized to a 2-core CPU (each run one core, 12-20 min beside other jobs): the cuts, in the order the issue allows
 # them, are iterations (12 instead of the recipe's 24) and held-out prompts (96 instead of 128),
 # then grid points (3-4 per configuration, x ~3.16 apart, and a second seed only at the points
-# that can be the best: `later_seeds_within`); 2 seeds at every best LR. Ranks 1 and 8 on all
+# that can be the best: `later_seeds_within`); 2 seeds at every best LR (3 for PPO and DPO: `best_seeds`). Ranks 1 and 8 on all
 # linear layers against FullFT; the LoRA grid starts at the recipe's LR region (2e-4 works at 24
 # iterations, so 12 iterations want it or more), FullFT's is the LoRA grid / 10 (the "LoRA Without
 # Regret" rule's ratio, under test here, so the grid brackets it rather than assumes it).
@@ -391,6 +391,9 @@ _REAL_PPO = dataclasses.replace(
     # the session after a full disk failed two second-seed runs (FullFT 3e-6 and r1 1e-4, both 0.083
     # below their best, then ran seed 0 only).
     later_seeds_within=0.08,
+    # A third seed at each configuration's best LR: FullFT's seed spread (0.05) was as large as
+    # LoRA's lead over it with two.
+    best_seeds=[2],
 )
 STUDIES["ppo_smollm2"] = _REAL_PPO
 
@@ -401,7 +404,7 @@ STUDIES["ppo_smollm2"] = _REAL_PPO
 STUDIES["ppo_smollm2_critic"] = dataclasses.replace(
     _REAL_PPO, configurations=[Configuration("full", ["mode=full"], [1e-5]),
                                Configuration("full_value_lr1e-4", ["mode=full", "ppo.value_lr=1e-4"], [1e-5])],
-    seeds=[0], runs_dir="runs/parity_ppo_smollm2", out_dir="results/atlas/real_base/ppo_critic",
+    seeds=[0], best_seeds=[], runs_dir="runs/parity_ppo_smollm2", out_dir="results/atlas/real_base/ppo_critic",
 )
 
 # DPO on the real base's on-policy pairs (`chat_arithmetic_pairs`, 77 train pairs sampled from the
@@ -428,6 +431,9 @@ STUDIES["dpo_smollm2"] = Study(
     # standard error of a 0.3 accuracy on 128 prompts): tighter than GRPO's 0.1, cut to fit the
     # time after both grids had to be extended.
     later_seeds_within=0.05,
+    # A third seed at each configuration's best LR: with two, FullFT's lead (0.04-0.06) was about
+    # one standard error.
+    best_seeds=[2],
 )
 
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.

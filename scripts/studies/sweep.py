@@ -95,6 +95,10 @@ class Study:
     # first-seed metric. The others keep one seed, are not counted missing, and are listed under
     # the table. None: every seed at every point.
     later_seeds_within: float | None = None
+    # Seeds run only at each configuration's best LR, once every other run is done: more seeds where
+    # the table's comparison stands, not at every grid point. The best is read again after they
+    # land; where it moved, the new best gets them too, so every best LR ends with every seed.
+    best_seeds: list[int] = field(default_factory=list)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -191,6 +195,15 @@ def later_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int]
                              f"configuration's best; later seeds run within {study.later_seeds_within:g}).")
     order = {s: i for i, s in enumerate(seeds)}
     return sorted(jobs, key=lambda j: order[j[2]]), notes
+
+
+def best_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int], runs_dir: Path) -> list:
+    """The runs of `Study.best_seeds` not yet finished at each configuration's best LR, read from the
+    runs of `seeds` and of the best seeds that finished."""
+    by_name = {c.name: c for c in configs}
+    rows = collect(study, configs, seeds + study.best_seeds, runs_dir)
+    return [(by_name[r["configuration"]], r["best_lr"], s) for r in rows for s in study.best_seeds
+            if not (runs_dir / run_name(by_name[r["configuration"]], r["best_lr"], s) / "summary.json").exists()]
 
 
 def _tensors_by_role(summary: dict) -> str:
@@ -476,12 +489,27 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
         print(f"parity {args.method}: {len(later)} runs of later seeds" + (f" ({len(cut)} points cut)" if cut else ""), flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), later))
+    best_seeds = [] if args.smoke else study.best_seeds
+    if best_seeds and not args.report_only:
+        # A run that fails is not tried twice in one call (it stays missing below); each round
+        # moves the best at most to another grid point, so this ends.
+        tried = set()
+        while todo := [j for j in best_seed_jobs(study, configs, seeds, runs_dir) if (j[0].name, j[1], j[2]) not in tried]:
+            tried |= {(c.name, lr, s) for c, lr, s in todo}
+            print(f"parity {args.method}: {len(todo)} runs of seeds {best_seeds} at the best LRs", flush=True)
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), todo))
+    if not args.report_only:
         print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
-    rows = collect(study, configs, seeds, runs_dir)
     missing = len(jobs) - sum(1 for c, lr, s in jobs if (runs_dir / run_name(c, lr, s) / "summary.json").exists())
+    if best_seeds:
+        missing += len(best_seed_jobs(study, configs, seeds, runs_dir))
+        seeds = seeds + best_seeds
+    rows = collect(study, configs, seeds, runs_dir)
     title = f"parity {args.method}" + (" (smoke)" if args.smoke else "")
-    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}."
+    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds[:len(seeds) - len(best_seeds)]}"
+             + (f", and {best_seeds} at each configuration's best LR only." if best_seeds else ".")
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
     notes += cut
