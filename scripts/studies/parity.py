@@ -391,9 +391,9 @@ _REAL_PPO = dataclasses.replace(
     # the session after a full disk failed two second-seed runs (FullFT 3e-6 and r1 1e-4, both 0.083
     # below their best, then ran seed 0 only).
     later_seeds_within=0.08,
-    # A third seed at each configuration's best LR: FullFT's seed spread (0.05) was as large as
-    # LoRA's lead over it with two.
-    best_seeds=[],  # seed 2 ran at each best (runs/), not yet tabled: the README and atlas rows quote 2 seeds
+    # best_seeds=[2] ran (a third seed at each best; runs/) but is not yet tabled: the README and
+    # atlas rows quote these 2-seed tables, and must be re-quoted in the same change that tables it.
+    best_seeds=[],
 )
 STUDIES["ppo_smollm2"] = _REAL_PPO
 
@@ -431,9 +431,9 @@ STUDIES["dpo_smollm2"] = Study(
     # standard error of a 0.3 accuracy on 128 prompts): tighter than GRPO's 0.1, cut to fit the
     # time after both grids had to be extended.
     later_seeds_within=0.05,
-    # A third seed at each configuration's best LR: with two, FullFT's lead (0.04-0.06) was about
-    # one standard error.
-    best_seeds=[],  # seed 2 ran at each best (runs/), not yet tabled: the README and atlas rows quote 2 seeds
+    # best_seeds=[2] ran (a third seed at each best; runs/) but is not yet tabled: the README and
+    # atlas rows quote these 2-seed tables, and must be re-quoted in the same change that tables it.
+    best_seeds=[],
 )
 
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.

@@ -476,19 +476,21 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
             best = {row["configuration"]: float(row["best_lr"]) for row in csv.DictReader(f)}
         configs = [Configuration(c.name, c.overrides, [best[c.name]]) for c in configs if c.name in best]
 
+    def run_all(batch: list) -> None:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), batch))
+
     # Seed by seed: a study stopped part way has one seed of every grid point before a second of any.
     first = [(c, lr, seeds[0]) for c in configs for lr in c.lrs]
     if not args.report_only:
         print(f"parity {args.method}: {len(first)} runs of seed {seeds[0]}, {args.jobs} at a time -> {runs_dir}", flush=True)
         t0 = time.time()
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), first))
+        run_all(first)
     later, cut = later_seed_jobs(study, configs, seeds, runs_dir)
     jobs = first + later
     if not args.report_only:
         print(f"parity {args.method}: {len(later)} runs of later seeds" + (f" ({len(cut)} points cut)" if cut else ""), flush=True)
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), later))
+        run_all(later)
     best_seeds = [] if args.smoke else study.best_seeds
     if best_seeds and not args.report_only:
         # A run that fails is not tried twice in one call (it stays missing below); each round
@@ -497,18 +499,16 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
         while todo := [j for j in best_seed_jobs(study, configs, seeds, runs_dir) if (j[0].name, j[1], j[2]) not in tried]:
             tried |= {(c.name, lr, s) for c, lr, s in todo}
             print(f"parity {args.method}: {len(todo)} runs of seeds {best_seeds} at the best LRs", flush=True)
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                list(pool.map(lambda job: launch(study, *job, runs_dir, extra, out_dir.name, args.wandb, tail), todo))
+            run_all(todo)
     if not args.report_only:
         print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
     missing = len(jobs) - sum(1 for c, lr, s in jobs if (runs_dir / run_name(c, lr, s) / "summary.json").exists())
     if best_seeds:
         missing += len(best_seed_jobs(study, configs, seeds, runs_dir))
-        seeds = seeds + best_seeds
-    rows = collect(study, configs, seeds, runs_dir)
+    rows = collect(study, configs, seeds + best_seeds, runs_dir)
     title = f"parity {args.method}" + (" (smoke)" if args.smoke else "")
-    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds[:len(seeds) - len(best_seeds)]}"
+    notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}"
              + (f", and {best_seeds} at each configuration's best LR only." if best_seeds else ".")
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
              "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
@@ -519,7 +519,7 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
     if study.axis:
         text += "\n" + write_axis(study, rows, out_dir, title)
     if study.report:
-        text += "\n" + study.report(runs_dir, out_dir, Study(**{**vars(study), "configurations": configs}), seeds, notes=notes)
+        text += "\n" + study.report(runs_dir, out_dir, Study(**{**vars(study), "configurations": configs}), seeds + best_seeds, notes=notes)
     print(text)
     for row in rows:
         if row["edge"]:
