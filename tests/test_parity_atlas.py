@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -242,6 +243,35 @@ def test_best_seeds_run_at_the_best_lr_and_follow_it_when_it_moves(sweep, tmp_pa
     assert rows[0]["best_lr"] == 1e-4 and rows[0]["seeds"] == 3
 
 
+def test_paired_by_seed_differences_runs_of_one_seed(sweep, tmp_path):
+    """`Study.paired_by_seed`: 'vs full, paired' is the mean of the per-seed differences over the
+    seeds both configurations ran at their best LRs, ± stdev / sqrt(n), by hand; a seed only one of
+    them ran is left out; the unpaired 'vs full' stays the difference of seed means."""
+    full = sweep.Configuration("full", [], [1e-5])
+    lora = sweep.Configuration("lora_r1", [], [3e-4])
+    study = sweep.Study(recipe="r.yaml", overrides=[], configurations=[full, lora], metric="acc", metric_label="acc",
+                        seeds=[0, 1, 2], paired_by_seed=True)
+    values = {"full": (0.30, 0.40, 0.35), "lora_r1": (0.34, 0.42, 0.36, 0.90)}  # lora's seed 3: full has none
+    for config, lr in ((full, 1e-5), (lora, 3e-4)):
+        for seed, value in enumerate(values[config.name]):
+            run = tmp_path / "runs" / sweep.run_name(config, lr, seed)
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({
+                "eval_after": {"acc": value}, "eval_before": {"acc": 0.1}, "peak_memory_bytes": 1,
+                "trainable_parameters": 1, "wall_time_s": 1.0}))
+    rows = sweep.collect(study, [full, lora], [0, 1, 2, 3], tmp_path / "runs")
+    mean, se, n = sweep.paired_vs_full(rows[1], rows[0])
+    diffs = [0.04, 0.02, 0.01]
+    assert n == 3 and mean == pytest.approx(sum(diffs) / 3)
+    assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
+    text = sweep.write_tables(study, rows, tmp_path / "out", "hand-made", [])
+    lora_line = next(line for line in text.splitlines() if line.startswith("| lora_r1 |"))
+    assert f"{mean:+.3f} ± {se:.3f} (3 seeds)" in lora_line
+    assert f"{rows[1]['metric_mean'] - rows[0]['metric_mean']:+.3f}" in lora_line  # the unpaired one beside it
+    assert "paired" not in sweep.write_tables(sweep.Study(**{**vars(study), "paired_by_seed": False}), rows,
+                                              tmp_path / "out2", "hand-made", [])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo_smollm2", "ppo_smollm2", "dpo_smollm2"])
 def test_real_base_study_smoke(tmp_path, repo, method):
@@ -282,6 +312,12 @@ def test_real_base_figures_quote_the_committed_study_tables(repo, method):
             f"README: no '| {label}, LR {lr} |' row with {sampled} and greedy {greedy} ({table.relative_to(repo)})"
         assert any(line.startswith(f"| {label} |") and f"| {lr} (" in line and sampled in line and greedy in line
                    for line in atlas), f"atlas: no '| {label} |' row at {lr} with {sampled} and {greedy}"
+        if row.get("vs_full_paired_mean") and row["configuration"] != "full":  # a study with Study.paired_by_seed
+            paired = f"{float(row['vs_full_paired_mean']):+.3f} ± {float(row['vs_full_paired_se']):.3f}"
+            for name, lines in (("README", readme), ("atlas", atlas)):
+                assert any(line.replace("−", "-").startswith(f"| {label}") and sampled in line
+                           and paired in line.replace("−", "-") for line in lines), \
+                    f"{name}: the {label} row quotes no paired difference {paired}"
 
 
 def test_tensors_by_role_reads_the_runs_memory_by_role(sweep):

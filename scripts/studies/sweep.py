@@ -99,6 +99,12 @@ class Study:
     # the table's comparison stands, not at every grid point. The best is read again after they
     # land; where it moved, the new best gets them too, so every best LR ends with every seed.
     best_seeds: list[int] = field(default_factory=list)
+    # A "vs full, paired" column: the mean over seeds of (this configuration - FullFT) for the runs
+    # of one seed, ± its standard error. A run's seed draws its held-out prompts, so runs of one seed
+    # are scored on the same prompts and the pairing takes the prompt draw out of the comparison
+    # (the unpaired 'vs full' keeps it). Off by default: the tables of studies whose run folders
+    # are gone could not be re-made with it.
+    paired_by_seed: bool = False
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -206,6 +212,17 @@ def best_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int],
             if not (runs_dir / run_name(by_name[r["configuration"]], r["best_lr"], s) / "summary.json").exists()]
 
 
+def paired_vs_full(row: dict, full: dict) -> tuple[float, float, int]:
+    """(mean, standard error, n) over the seeds both rows ran at their best LRs of the per-seed
+    difference row - full (`by_seed`); the error is NaN below 2 shared seeds."""
+    shared = [seed for seed in row["by_seed"] if seed in full["by_seed"]]
+    diffs = [row["by_seed"][seed] - full["by_seed"][seed] for seed in shared]
+    if not diffs:
+        return math.nan, math.nan, 0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return statistics.fmean(diffs), se, len(diffs)
+
+
 def _tensors_by_role(summary: dict) -> str:
     """summary.json's memory_by_role in MB, the roles that hold something: 'base 513; policy 1.2; ...'
     ('' for runs from before it was recorded)."""
@@ -251,6 +268,7 @@ def collect(study: Study, configs: list[Configuration], seeds: list[int], runs_d
             # memory_by_role), equal for every seed of a configuration: the first seed's
             "tensors_by_role_mb": _tensors_by_role(best[0][1]),
             "by_lr": {lr: scored[lr] for lr in config.lrs if lr in scored},
+            "by_seed": {seed: s["eval_after"][study.metric] for seed, s in best},
             "curves": [_curve(runs_dir / run_name(config, best_at, seed), f"eval/{study.metric}") for seed, _ in best],
         }
         for key in study.secondary:
@@ -267,14 +285,15 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     for key in study.secondary:
         columns += [f"{key}_mean", f"{key}_std"]
     columns += ["seeds", "peak_memory_mb", "tensors_by_role_mb", "trainable_parameters", "wall_time_s"]
+    full = next((r for r in rows if r["configuration"] == "full"), None)
+    paired = study.paired_by_seed and full is not None
     with open(out_dir / "table.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns + ["metric_by_lr"])
+        writer.writerow(columns + ["metric_by_lr"] + (["vs_full_paired_mean", "vs_full_paired_se", "paired_seeds"] if paired else []))
         for row in rows:
             by_lr = "; ".join(f"{lr:g}:{m:.4f}+-{s:.4f}" for lr, (m, s) in row["by_lr"].items())
-            writer.writerow([row[c] for c in columns] + [by_lr])
-    full = next((r for r in rows if r["configuration"] == "full"), None)
-    header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", "before"]
+            writer.writerow([row[c] for c in columns] + [by_lr] + (list(paired_vs_full(row, full)) if paired else []))
+    header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", *(["vs full, paired by seed (± s.e.)"] if paired else []), "before"]
     header += [f"{k} (mean ± std)" for k in study.secondary]
     header += ["seeds", "peak memory (MB)", "tensors by role (MB)", "trainable params", "all LRs (seed mean)"]
     better, d = ("the highest" if study.higher_is_better else "the lowest"), study.digits
@@ -285,8 +304,11 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
     for row in rows:
         diff = row["metric_mean"] - full["metric_mean"] if full else math.nan
         cells = [row["configuration"], f"{row['best_lr']:g}" + (" **EDGE**" if row["edge"] else ""),
-                 f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else "",
-                 f"{row['metric_before']:.{d}f}"]
+                 f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else ""]
+        if paired:
+            mean, se, n = paired_vs_full(row, full)
+            cells.append("" if row is full else f"{mean:+.{d}f} ± {se:.{d}f} ({n} seeds)" if n > 1 else f"{mean:+.{d}f} ({n} seed)")
+        cells.append(f"{row['metric_before']:.{d}f}")
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
         cells += [str(row["seeds"]), f"{row['peak_memory_mb']:.0f}" + (f" ({row['allocator']})" if mixed else ""),
                   row["tensors_by_role_mb"], f"{row['trainable_parameters']:,}",
@@ -511,7 +533,9 @@ def main(studies: dict[str, Study], argv: list[str] | None = None, description: 
     notes = [f"Recipe: `{study.recipe}` with `{' '.join(study.overrides + extra)}`; seeds {seeds}"
              + (f", and {best_seeds} at each configuration's best LR only." if best_seeds else ".")
              + (f" Each configuration at its best LR from `{args.best_from}`." if args.best_from else ""),
-             "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."]
+             "Std is over seeds; 'vs full' is the difference of seed means; 'before' is the metric before training."
+             + (" 'vs full, paired by seed' is the mean of the per-seed differences (runs of one seed share their"
+                " held-out prompts) ± its standard error." if study.paired_by_seed else "")]
     notes += cut
     text = write_tables(study, rows, out_dir, title, notes)
     write_study_json(study, rows, out_dir, title, notes, runs_dir)
