@@ -45,6 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from align.losses.policy import get_kl_estimator
+from align.report import numeric_entries
 
 # ---- wandb names --------------------------------------------------------------------------------
 
@@ -328,23 +329,18 @@ def memory_fields(summary: dict[str, Any]) -> dict[str, float]:
     summary['memory_bytes'], `memory/role/<role>_bytes` from summary['memory_by_role'], and the
     process peak."""
     out: dict[str, float] = {}
-    for category, value in _numbers(summary.get("memory_bytes")).items():
+    for category, value in numeric_entries(summary.get("memory_bytes")).items():
         out[f"memory/{category}_bytes"] = value
-    for role, value in _numbers(summary.get("memory_by_role")).items():
+    for role, value in numeric_entries(summary.get("memory_by_role")).items():
         out[f"memory/role/{role}_bytes"] = value
     if summary.get("peak_memory_bytes") is not None:
         out["memory/peak_bytes"] = float(summary["peak_memory_bytes"])
     return out
 
 
-def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
-    """The numeric entries of a memory dict (a reward run's also names its peak's kind)."""
-    return {k: float(v) for k, v in (d or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def _memory_chart(summary: dict[str, Any]):
     """One wandb bar chart: MiB per role (memory_by_role), else per category (memory_bytes)."""
-    parts = _numbers(summary.get("memory_by_role")) or _numbers(summary.get("memory_bytes"))
+    parts = numeric_entries(summary.get("memory_by_role")) or numeric_entries(summary.get("memory_bytes"))
     if not parts:
         return None
     import wandb
