@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from align.config import reward_spec
+from align.config_checks import reward_spec
 from align.data.prompts import render_prompts
 from align.losses.policy import masked_mean
 from align.memory import memory_phase

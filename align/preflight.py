@@ -28,7 +28,7 @@ actual loads in the trainers, for a misfit these checks cannot foresee.
 What it leaves out: nothing here downloads or loads weights (the model is built on the meta device
 from its config; a hub id that is not cached is checked only for its form, and the load itself
 says why it fails); data files (`load_recipe` checks that they exist, `align.data.loading` reads
-them); the recipe's values themselves (`align.config._validate`). (Shipped recipes name folders
+them); the recipe's values themselves (`align.config_checks.validate`). (Shipped recipes name folders
 that exist only after an earlier run, e.g. ppo_lora_rm.yaml's `reward_model: runs/rm_lora`, which
 is why these checks run at the start of a run and not when a recipe is loaded.)
 
@@ -45,9 +45,8 @@ from typing import Any, Iterator
 
 from align.builtin_bases import loadable_base_path
 from align.checkpoint import KEEP_CHECKPOINTS, latest_checkpoint
-from align.config import (
-    ON_POLICY_METHODS, ConfigError, LoraSettings, RecipeConfig, _get, looks_like_path, path_exists, reward_spec,
-)
+from align.config import LoraSettings, RecipeConfig
+from align.config_checks import ON_POLICY_METHODS, ConfigError, get_dotted, looks_like_path, path_exists, reward_spec
 from align.fetched_bases import FETCHED_BASES, fetched_base_path
 from align.gguf_io import gguf_config, is_gguf_path, require_gguf
 from align.lora import TARGET_PRESETS, resolve_target_modules
@@ -348,7 +347,7 @@ def _head_misfit(folder: Path, model: Any, key: str) -> str | None:
 def _check_saved_role(cfg: RecipeConfig, key: str, role: str, recipe_model) -> None:
     """A saved policy start (`*.init_adapter`) or reward model (`rollout.reward_model`): the folder
     exists, holds a save of the recipe's mode, and fits the recipe's model."""
-    path = Path(_get(cfg, key))
+    path = Path(get_dotted(cfg, key))
     if not path_exists(path, key):
         hint = f" (train one first: align train recipes/rm_lora.yaml output_dir={path})" if role == "reward" else ""
         raise ConfigError(f"{key}: {path} does not exist{hint}")

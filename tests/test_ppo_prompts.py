@@ -6,7 +6,7 @@ loader does (`align.data.loading`), and tell local files from hub ids by the rec
   cannot compare) are left out and counted by reason in the SkipCounter, which the PPO trainer logs
   (`skipped/<reason>` in metrics.jsonl, `skipped_rows` in summary.json);
 - a file whose rows are all skipped, or that has none, is `no_rows_error`'s DataError;
-- a `data.*_file` value is a local file or a hub dataset id by `align.config.is_local_data`, for
+- a `data.*_file` value is a local file or a hub dataset id by `align.config_checks.is_local_data`, for
   recipe validation and the prompt loader alike.
 
 Tiny model (`scratch:test`); the one training run takes a few seconds.
@@ -20,7 +20,8 @@ import re
 
 import pytest
 
-from align.config import ConfigError, DataSettings, RecipeConfig, is_local_data, load_recipe
+from align.config import ConfigError, DataSettings, RecipeConfig, load_recipe
+from align.config_checks import is_local_data
 from align.data.loading import DataError, SkipCounter
 from align.data.prompts import load_prompt_rows
 

@@ -5,7 +5,7 @@ What it does:
   "eval") from the built-in task, a local JSON/JSONL/Parquet file (`align.data.loading.read_rows`)
   or a hub dataset (`data.dataset_config`; held-out prompts from its `data.eval_split` when
   `data.eval_file` is null). Which of the last two a `data.*_file` value is, is decided by
-  `align.config.is_local_data`, the rule recipe validation uses too. `data.prompt_field` and
+  `align.config_checks.is_local_data`, the rule recipe validation uses too. `data.prompt_field` and
   `data.answer_field` name the columns;
 - `parse_answer(value)`: an answer is an integer or GSM8K text ending in `#### 42`;
 - `answer_readers(cfg)`: the configured rewards that read answers (`rollout.reward` and
@@ -35,7 +35,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from align.config import is_local_data, reward_spec
+from align.config_checks import is_local_data, reward_spec
 from align.data.loading import DataError, Row, SkipCounter, convert_rows, no_rows_error, read_rows
 from align.tasks import task_for
 from reward_models.base import parse_reward_spec
