@@ -378,10 +378,34 @@ def load_study(path: Path) -> dict[str, Any]:
     return {"name": path.name, "metric": metric, "metric_label": metric, "rows": rows, "notes": []}
 
 
-def verdict(rows: list[dict[str, Any]], baseline: str = "full", higher_is_better: bool = True) -> list[str]:
+def paired_difference(row: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, int]:
+    """(mean, standard error, n) of the per-seed difference row - base over the seeds both ran at
+    their best LRs (a study row's `by_seed`: seed -> metric); the error is NaN below 2 shared
+    seeds. A run's seed draws its held-out prompts, so runs of one seed share them and the pairing
+    takes the prompt draw out of the comparison."""
+    diffs = [row["by_seed"][seed] - base["by_seed"][seed] for seed in row.get("by_seed", {}) if seed in base.get("by_seed", {})]
+    if not diffs:
+        return math.nan, math.nan, 0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return statistics.fmean(diffs), se, len(diffs)
+
+
+def _paired_clause(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """'; paired by seed -0.042 ± 0.011 s.e. over 3 seeds, the same sign in every seed' ('' below 2)."""
+    mean, se, n = paired_difference(row, base)
+    if n < 2:
+        return ""
+    diffs = [row["by_seed"][seed] - base["by_seed"][seed] for seed in row["by_seed"] if seed in base["by_seed"]]
+    signs = "the same sign in every seed" if all(d > 0 for d in diffs) or all(d < 0 for d in diffs) else "signs differ by seed"
+    return f"; paired by seed {mean:+.3f} ± {se:.3f} s.e. over {n} seeds, {signs}"
+
+
+def verdict(rows: list[dict[str, Any]], baseline: str = "full", higher_is_better: bool = True,
+            paired: bool = False) -> list[str]:
     """One sentence per configuration against the baseline (FullFT): the difference of seed means
     in units of the combined seed spread sqrt(std_a^2 + std_b^2): within 1 = matches; otherwise
-    trails or beats by that many (`higher_is_better=False`, e.g. a loss: a lower mean beats)."""
+    trails or beats by that many (`higher_is_better=False`, e.g. a loss: a lower mean beats).
+    `paired`: each sentence also gives the difference paired by seed (`paired_difference`)."""
     base = next((r for r in rows if r["configuration"] == baseline), None)
     if base is None:
         return [f"No '{baseline}' configuration: nothing to compare against."]
@@ -398,6 +422,7 @@ def verdict(rows: list[dict[str, Any]], baseline: str = "full", higher_is_better
             word = "trails" if (diff < 0) == higher_is_better else "beats"
         out.append(f"{row['configuration']} {word} {baseline}: {row['metric_mean']:.3f} ± {row['metric_std']:.3f} vs "
                    f"{base['metric_mean']:.3f} ± {base['metric_std']:.3f} ({diff:+.3f}, {z:+.1f} combined seed std)"
+                   + (_paired_clause(row, base) if paired else "")
                    + (f"; its best LR {row['best_lr']:g} is at the EDGE of its grid" if row.get("edge") else ""))
     return out
 
@@ -409,7 +434,8 @@ def _finite_lrs(row: dict[str, Any]) -> list[tuple[str, tuple[float, float]]]:
 def study_report(study: dict[str, Any], page: _Page) -> None:
     rows = study["rows"]
     metric = study["metric"]
-    lines = verdict(rows, higher_is_better=study.get("higher_is_better", True))
+    paired = bool(study.get("paired_by_seed"))
+    lines = verdict(rows, higher_is_better=study.get("higher_is_better", True), paired=paired)
     page.section("verdict", "<ul>" + "".join(f"<li>{_e(l)}</li>" for l in lines) + "</ul>",
                  "Matches: within one combined seed standard deviation of FullFT's mean at each configuration's best LR.")
     lr_chart = page.chart({
@@ -439,13 +465,19 @@ def study_report(study: dict[str, Any], page: _Page) -> None:
     table_rows = []
     for r in rows:
         diff = r["metric_mean"] - base["metric_mean"] if base else math.nan
-        table_rows.append([_e(r["configuration"]), f"{r['best_lr']:g}" + (" <b>EDGE</b>" if r.get("edge") else ""),
-                           f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f}", f"{diff:+.3f}", f"{r['metric_before']:.3f}",
-                           _e(r["seeds"]), f"{r['peak_memory_mb']:.0f}", f"{r['trainable_parameters']:,}",
-                           ", ".join(f"{float(lr):g}: {m:.3f}" for lr, (m, _) in _finite_lrs(r))])
+        cells = [_e(r["configuration"]), f"{r['best_lr']:g}" + (" <b>EDGE</b>" if r.get("edge") else ""),
+                 f"{r['metric_mean']:.3f} ± {r['metric_std']:.3f}", f"{diff:+.3f}"]
+        if paired and base:
+            mean, se, n = paired_difference(r, base)
+            cells.append("" if r is base or n < 2 else f"{mean:+.3f} ± {se:.3f} ({n} seeds)")
+        table_rows.append(cells + [f"{r['metric_before']:.3f}", _e(r["seeds"]), f"{r['peak_memory_mb']:.0f}",
+                                   f"{r['trainable_parameters']:,}",
+                                   ", ".join(f"{float(lr):g}: {m:.3f}" for lr, (m, _) in _finite_lrs(r))])
     notes = "".join(f"<p class=\"note\">{_e(n)}</p>" for n in study.get("notes", []))
-    page.section("parity table", _table(["configuration", "best LR", f"{metric} (mean ± std)", "vs full", "before", "seeds",
-                                         "peak memory (MB)", "trainable params", "all LRs (seed mean)"], table_rows) + notes)
+    header = ["configuration", "best LR", f"{metric} (mean ± std)", "vs full",
+              *(["vs full, paired by seed (± s.e.)"] if paired and base else []), "before", "seeds",
+              "peak memory (MB)", "trainable params", "all LRs (seed mean)"]
+    page.section("parity table", _table(header, table_rows) + notes)
 
 
 # ---- the entry point ----------------------------------------------------------------------------

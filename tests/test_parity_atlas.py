@@ -260,7 +260,7 @@ def test_paired_by_seed_differences_runs_of_one_seed(sweep, tmp_path):
                 "eval_after": {"acc": value}, "eval_before": {"acc": 0.1}, "peak_memory_bytes": 1,
                 "trainable_parameters": 1, "wall_time_s": 1.0}))
     rows = sweep.collect(study, [full, lora], [0, 1, 2, 3], tmp_path / "runs")
-    mean, se, n = sweep.paired_vs_full(rows[1], rows[0])
+    mean, se, n = sweep.paired_difference(rows[1], rows[0])
     diffs = [0.04, 0.02, 0.01]
     assert n == 3 and mean == pytest.approx(sum(diffs) / 3)
     assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
@@ -270,6 +270,14 @@ def test_paired_by_seed_differences_runs_of_one_seed(sweep, tmp_path):
     assert f"{rows[1]['metric_mean'] - rows[0]['metric_mean']:+.3f}" in lora_line  # the unpaired one beside it
     assert "paired" not in sweep.write_tables(sweep.Study(**{**vars(study), "paired_by_seed": False}), rows,
                                               tmp_path / "out2", "hand-made", [])
+    # study.json and `align report` carry it too: the verdict gives the paired difference and its sign
+    sweep.write_study_json(study, rows, tmp_path / "out", "hand-made", [], tmp_path / "runs")
+    data = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert data["paired_by_seed"] is True
+    assert data["verdict"][0].endswith(f"; paired by seed {mean:+.3f} ± {se:.3f} s.e. over 3 seeds, the same sign in every seed")
+    from align.report import build_report
+
+    assert f"{mean:+.3f} ± {se:.3f} (3 seeds)" in build_report([tmp_path / "out"])
 
 
 @pytest.mark.slow

@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from align.report import finite_json, paired_difference, verdict
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -212,17 +214,6 @@ def best_seed_jobs(study: Study, configs: list[Configuration], seeds: list[int],
             if not (runs_dir / run_name(by_name[r["configuration"]], r["best_lr"], s) / "summary.json").exists()]
 
 
-def paired_vs_full(row: dict, full: dict) -> tuple[float, float, int]:
-    """(mean, standard error, n) over the seeds both rows ran at their best LRs of the per-seed
-    difference row - full (`by_seed`); the error is NaN below 2 shared seeds."""
-    shared = [seed for seed in row["by_seed"] if seed in full["by_seed"]]
-    diffs = [row["by_seed"][seed] - full["by_seed"][seed] for seed in shared]
-    if not diffs:
-        return math.nan, math.nan, 0
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-    return statistics.fmean(diffs), se, len(diffs)
-
-
 def _tensors_by_role(summary: dict) -> str:
     """summary.json's memory_by_role in MB, the roles that hold something: 'base 513; policy 1.2; ...'
     ('' for runs from before it was recorded)."""
@@ -292,7 +283,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
         writer.writerow(columns + ["metric_by_lr"] + (["vs_full_paired_mean", "vs_full_paired_se", "paired_seeds"] if paired else []))
         for row in rows:
             by_lr = "; ".join(f"{lr:g}:{m:.4f}+-{s:.4f}" for lr, (m, s) in row["by_lr"].items())
-            writer.writerow([row[c] for c in columns] + [by_lr] + (list(paired_vs_full(row, full)) if paired else []))
+            writer.writerow([row[c] for c in columns] + [by_lr] + (list(paired_difference(row, full)) if paired else []))
     header = ["configuration", "best LR", f"{study.metric} (mean ± std)", "vs full", *(["vs full, paired by seed (± s.e.)"] if paired else []), "before"]
     header += [f"{k} (mean ± std)" for k in study.secondary]
     header += ["seeds", "peak memory (MB)", "tensors by role (MB)", "trainable params", "all LRs (seed mean)"]
@@ -306,7 +297,7 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
         cells = [row["configuration"], f"{row['best_lr']:g}" + (" **EDGE**" if row["edge"] else ""),
                  f"{row['metric_mean']:.{d}f} ± {row['metric_std']:.{d}f}", f"{diff:+.{d}f}" if full else ""]
         if paired:
-            mean, se, n = paired_vs_full(row, full)
+            mean, se, n = paired_difference(row, full)
             cells.append("" if row is full else f"{mean:+.{d}f} ± {se:.{d}f} ({n} seeds)" if n > 1 else f"{mean:+.{d}f} ({n} seed)")
         cells.append(f"{row['metric_before']:.{d}f}")
         cells += [f"{row[k + '_mean']:.3f} ± {row[k + '_std']:.3f}" for k in study.secondary]
@@ -328,8 +319,6 @@ def write_tables(study: Study, rows: list[dict], out_dir: Path, title: str, note
 def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, notes: list[str], runs_dir: Path) -> None:
     """study.json: every number `align report STUDY_DIR` draws (per configuration: the metric by LR,
     the curves of each seed at the best LR, the table's columns) and the verdict."""
-    from align.report import finite_json, verdict
-
     def clean(row: dict) -> dict:
         out = {k: v for k, v in row.items() if k not in ("by_lr", "curves")}
         out["by_lr"] = {f"{lr:g}": list(ms) for lr, ms in row["by_lr"].items()}
@@ -338,8 +327,8 @@ def write_study_json(study: Study, rows: list[dict], out_dir: Path, title: str, 
 
     data = {"name": out_dir.name, "title": title, "metric": study.metric, "metric_label": study.metric_label,
             "higher_is_better": study.higher_is_better, "secondary": study.secondary, "recipe": study.recipe, "runs_dir": str(runs_dir), "notes": list(notes),
-            "rows": [clean(r) for r in rows]}
-    data["verdict"] = verdict(data["rows"], higher_is_better=study.higher_is_better)
+            "paired_by_seed": study.paired_by_seed, "rows": [clean(r) for r in rows]}
+    data["verdict"] = verdict(data["rows"], higher_is_better=study.higher_is_better, paired=study.paired_by_seed)
     (out_dir / "study.json").write_text(json.dumps(finite_json(data), indent=1) + "\n")
 
 
