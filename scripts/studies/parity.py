@@ -410,8 +410,9 @@ STUDIES["ppo_smollm2_critic"] = dataclasses.replace(
 # DPO on the real base's on-policy pairs (`chat_arithmetic_pairs`, 77 train pairs sampled from the
 # base and ranked by the verifier), at the recipe's shape with no cut: 20 steps of 8 pairs, 128
 # held-out prompts. The metric is the verifier's score of sampled answers (accuracy_sampled: the
-# final number right), pair accuracy on held-out pairs beside it. LoRA's grid brackets the
-# recipe's 1e-4; FullFT's is it / 10 and brackets that (the rule under test, as for GRPO).
+# final number right), pair accuracy on held-out pairs beside it. LoRA's grid bracketed the
+# recipe's LR of the time, 1e-4; FullFT's is it / 10 and brackets that (the rule under test, as for
+# GRPO). The recipes now use the bests this study found (LoRA 3e-4, FullFT 3e-5).
 REAL_DPO_OVERRIDES = ["optimizer.lr_rule=false", "train.eval_every=0", "tracking.wandb=false", "train.threads=1"]
 REAL_FULL_DPO_LRS = [3e-6, 1e-5, 3e-5, 1e-4]  # extended up: 3e-5 won at the top edge of the first grid (seed 0)
 REAL_LORA_DPO_LRS = [3e-5, 1e-4, 3e-4, 1e-3]  # extended up: rank 1's 3e-4 won at the top edge (seed 0)
