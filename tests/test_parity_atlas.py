@@ -37,6 +37,36 @@ def test_shared_run_folders_are_the_same_run(parity, sweep):
     assert {parity.STUDIES[m].runs_dir for m in ATLAS if m != "grpo_targets"} == {"runs/atlas_sft"}
 
 
+def test_dpo_follow_up_studies_stand_on_the_dpo_study(parity, repo):
+    """`dpo_smollm2_steps40` is `dpo_smollm2` at 40 steps and nothing else changed, at each
+    configuration's best LR of the committed table; `dpo_smollm2_fine_lr` shares the study's run
+    folder and overrides (so reusing its finished runs is sound), and its grids hold each best with
+    a point on either side closer than the study's own."""
+    import csv
+
+    from align.config import load_recipe
+
+    main = parity.STUDIES["dpo_smollm2"]
+    best = {r["configuration"]: float(r["best_lr"]) for r in csv.DictReader((repo / main.out_dir / "table.csv").open())}
+    steps40, fine = parity.STUDIES["dpo_smollm2_steps40"], parity.STUDIES["dpo_smollm2_fine_lr"]
+    assert steps40.overrides == [*main.overrides, "train.steps=40"] and steps40.recipe == main.recipe
+    assert {c.name: c.lrs for c in steps40.configurations} == {name: [lr] for name, lr in best.items()}
+    main_overrides = {c.name: c.overrides for c in main.configurations}
+    for c in steps40.configurations:
+        assert c.overrides == main_overrides[c.name]
+        cfg = load_recipe(repo / steps40.recipe, [*steps40.overrides, *c.overrides])
+        assert cfg.train.steps == 40 and cfg.train.batch_size == 8 and cfg.eval.num_prompts == 128
+    assert fine.runs_dir == (main.runs_dir or "runs/parity_dpo_smollm2")  # sweep.main's default for dpo_smollm2
+    assert fine.recipe == main.recipe and fine.overrides == main.overrides
+    main_lrs = {c.name: c.lrs for c in main.configurations}
+    for c in fine.configurations:
+        assert c.overrides == main_overrides[c.name] and c.lrs == sorted(c.lrs)
+        i = c.lrs.index(best[c.name])
+        below, above = c.lrs[i - 1], c.lrs[i + 1]
+        j = main_lrs[c.name].index(best[c.name])
+        assert main_lrs[c.name][j - 1] < below < best[c.name] < above < main_lrs[c.name][j + 1]
+
+
 def test_atlas_studies_are_well_formed(parity, repo):
     from align.config import load_recipe
 

@@ -447,6 +447,16 @@ STUDIES["dpo_smollm2_steps40"] = dataclasses.replace(
     runs_dir="runs/parity_dpo_smollm2_steps40", out_dir="results/atlas/real_base/dpo_steps40",
 )
 
+# Is DPO's 20-step gap the LR grid's coarseness? Both optima are sharp on a x~3.16 grid; this adds
+# the points halfway (x~1.6-1.7) around FullFT's and rank 8's bests, seed 0 only (a pointer, not a
+# verdict), in the main study's run folder so its finished seed-0 runs are reused.
+STUDIES["dpo_smollm2_fine_lr"] = dataclasses.replace(
+    STUDIES["dpo_smollm2"],
+    configurations=[Configuration("full", ["mode=full"], [1e-5, 2e-5, 3e-5, 5e-5, 1e-4]), _lora(8, [1e-4, 2e-4, 3e-4, 5e-4, 1e-3])],
+    seeds=[0], later_seeds_within=None, best_seeds=[],
+    runs_dir="runs/parity_dpo_smollm2", out_dir="results/atlas/real_base/dpo_fine_lr",
+)
+
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
 STUDIES.update(atlas_capacity.STUDIES)
 
