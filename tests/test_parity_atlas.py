@@ -65,6 +65,11 @@ def test_dpo_follow_up_studies_stand_on_the_dpo_study(parity, repo):
         below, above = c.lrs[i - 1], c.lrs[i + 1]
         j = main_lrs[c.name].index(best[c.name])
         assert main_lrs[c.name][j - 1] < below < best[c.name] < above < main_lrs[c.name][j + 1]
+    # dpo_smollm2_fine_best: the finer grid's committed bests, 3 seeds, the same runs and overrides
+    fine_best = parity.STUDIES["dpo_smollm2_fine_best"]
+    best_fine = {r["configuration"]: float(r["best_lr"]) for r in csv.DictReader((repo / fine.out_dir / "table.csv").open())}
+    assert {c.name: c.lrs for c in fine_best.configurations} == {name: [lr] for name, lr in best_fine.items()}
+    assert (fine_best.runs_dir, fine_best.overrides, fine_best.seeds) == (fine.runs_dir, main.overrides, [0, 1, 2])
 
 
 def test_atlas_studies_are_well_formed(parity, repo):

@@ -457,6 +457,14 @@ STUDIES["dpo_smollm2_fine_lr"] = dataclasses.replace(
     runs_dir="runs/parity_dpo_smollm2", out_dir="results/atlas/real_base/dpo_fine_lr",
 )
 
+# The finer grid's seed-0 bests (FullFT 2e-5, rank 8 2e-4) with seeds 1 and 2, compared paired by
+# seed: does the gap at the finer bests stand on three seeds as it does at the coarse ones?
+STUDIES["dpo_smollm2_fine_best"] = dataclasses.replace(
+    STUDIES["dpo_smollm2_fine_lr"],
+    configurations=[Configuration("full", ["mode=full"], [2e-5]), _lora(8, [2e-4])],
+    seeds=[0, 1, 2], out_dir="results/atlas/real_base/dpo_fine_best",
+)
+
 # Finding 2, capacity (memorising N random facts): its study and plots live in atlas_capacity.py.
 STUDIES.update(atlas_capacity.STUDIES)
 
