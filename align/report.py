@@ -378,12 +378,17 @@ def load_study(path: Path) -> dict[str, Any]:
     return {"name": path.name, "metric": metric, "metric_label": metric, "rows": rows, "notes": []}
 
 
+def _seed_differences(row: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """row - base for each seed both ran at their best LRs (a study row's `by_seed`: seed -> metric)."""
+    theirs = base.get("by_seed", {})
+    return [value - theirs[seed] for seed, value in row.get("by_seed", {}).items() if seed in theirs]
+
+
 def paired_difference(row: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, int]:
-    """(mean, standard error, n) of the per-seed difference row - base over the seeds both ran at
-    their best LRs (a study row's `by_seed`: seed -> metric); the error is NaN below 2 shared
-    seeds. A run's seed draws its held-out prompts, so runs of one seed share them and the pairing
-    takes the prompt draw out of the comparison."""
-    diffs = [row["by_seed"][seed] - base["by_seed"][seed] for seed in row.get("by_seed", {}) if seed in base.get("by_seed", {})]
+    """(mean, standard error, n) of the per-seed difference row - base (`_seed_differences`); the
+    error is NaN below 2 shared seeds. A run's seed draws its held-out prompts, so runs of one seed
+    share them and the pairing takes the prompt draw out of the comparison."""
+    diffs = _seed_differences(row, base)
     if not diffs:
         return math.nan, math.nan, 0
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
@@ -395,7 +400,7 @@ def _paired_clause(row: dict[str, Any], base: dict[str, Any]) -> str:
     mean, se, n = paired_difference(row, base)
     if n < 2:
         return ""
-    diffs = [row["by_seed"][seed] - base["by_seed"][seed] for seed in row["by_seed"] if seed in base["by_seed"]]
+    diffs = _seed_differences(row, base)
     signs = "the same sign in every seed" if all(d > 0 for d in diffs) or all(d < 0 for d in diffs) else "signs differ by seed"
     return f"; paired by seed {mean:+.3f} ± {se:.3f} s.e. over {n} seeds, {signs}"
 
